@@ -1,0 +1,246 @@
+"""Causal 2D convolutions over [B, C, time, freq]: time is streamed, frequency is padded "same".
+
+Time padding is "semicausal": left = max(k - s, 0) frames of zeros (the fresh streaming state),
+and the right padding of the reference (k - 1 - left) is never needed because inputs are whole
+multiples of the stride. Frequency padding for a regular conv totals k - s, split
+(p // 2, p - p // 2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from .streaming import StreamingModule
+
+
+def semicausal_left(kernel: int, stride: int) -> int:
+    return max(kernel - stride, 0)
+
+
+class _TimeWindowed(StreamingModule):
+    """Buffers time frames so that each output sees a full window of ``kernel_t`` frames.
+
+    The state holds the frames not yet consumed; it starts as ``left`` zero frames.
+    """
+
+    def __init__(self, kernel_t: int, stride_t: int, left: int) -> None:
+        super().__init__()
+        self.kernel_t, self.stride_t, self.left = kernel_t, stride_t, left
+
+    def _window(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        state = self._load_state()
+        if state is None:
+            state = x.new_zeros(x.shape[0], x.shape[1], self.left, x.shape[3])
+        buf = torch.cat([state, x], dim=2) if state.shape[2] else x
+        length = buf.shape[2]
+        n = (length - self.kernel_t) // self.stride_t + 1 if length >= self.kernel_t else 0
+        self._store_state(buf[:, :, n * self.stride_t :])
+        return buf[:, :, : max(0, (n - 1) * self.stride_t + self.kernel_t)], n
+
+
+class CausalConv2d(_TimeWindowed):
+    """Conv2d, kernel (k_t, k_f), stride (s_t, s_f); [B, Cin, T, F] -> [B, Cout, T/s_t, F/s_f]."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int] = (3, 3),
+        stride: tuple[int, int] = (1, 1),
+        weight_norm: bool = False,
+    ) -> None:
+        kt, kf = kernel
+        st, sf = stride
+        super().__init__(kt, st, semicausal_left(kt, st))
+        pad_f = kf - sf
+        self.pad_f = (pad_f // 2, pad_f - pad_f // 2)
+        self.kernel_f, self.stride_f, self.cout = kf, sf, cout
+        self.conv = nn.Conv2d(cin, cout, kernel, stride)
+        if weight_norm:
+            parametrizations.weight_norm(self.conv)
+
+    def out_bins(self, bins: int) -> int:
+        return (bins + sum(self.pad_f) - self.kernel_f) // self.stride_f + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buf, n = self._window(x)
+        if n == 0:
+            return x.new_zeros(x.shape[0], self.cout, 0, self.out_bins(x.shape[3]))
+        if any(self.pad_f):
+            buf = F.pad(buf, self.pad_f)
+        return self.conv(buf)
+
+
+class CausalConvTranspose2d(StreamingModule):
+    """Transposed conv, kernel (k_t, k_f), stride (s_t, s_f): [B, Cin, T, F] -> [B, Cout, T s_t, F s_f].
+
+    Reference semantics: zero-stuff by the stride, pad (k - 1, s - 1) in time and "same" in
+    frequency (total k + s - 2, left ceil(total / 2), or k - 1 if s > k - 1), correlate with the
+    stored kernel. Here: ``conv_transpose2d`` with the kernel flipped on both axes (the flip is
+    done once, by the importer), then a crop. Fully causal in time; the state is the last
+    ceil((k_t - 1) / s_t) input frames.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        weight_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        kt, kf = kernel
+        st, sf = stride
+        self.kernel_t, self.stride_t, self.stride_f, self.cout = kt, st, sf, cout
+        self.context = -(-(kt - 1) // st)
+        total_f = kf + sf - 2
+        left_f = kf - 1 if sf > kf - 1 else -(-total_f // 2)
+        self.crop_f = kf - 1 - left_f
+        self.conv = nn.ConvTranspose2d(cin, cout, kernel, stride)
+        if weight_norm:
+            parametrizations.weight_norm(self.conv, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, bins = x.shape
+        state = self._load_state()
+        if state is None:
+            state = x.new_zeros(b, x.shape[1], self.context, bins)
+        buf = torch.cat([state, x], dim=2) if self.context else x
+        self._store_state(buf[:, :, buf.shape[2] - self.context :])
+        if t == 0:
+            return x.new_zeros(b, self.cout, 0, bins * self.stride_f)
+        y = self.conv(buf)
+        t0 = self.context * self.stride_t
+        return y[
+            :, :, t0 : t0 + t * self.stride_t, self.crop_f : self.crop_f + bins * self.stride_f
+        ]
+
+
+class CausalAvgPool2d(_TimeWindowed):
+    """Average pool with kernel = stride = (s_t, s_f), dividing by the full pool size."""
+
+    def __init__(self, stride: tuple[int, int]) -> None:
+        super().__init__(stride[0], stride[0], 0)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buf, n = self._window(x)
+        if n == 0:
+            return x.new_zeros(x.shape[0], x.shape[1], 0, x.shape[3] // self.stride[1])
+        return F.avg_pool2d(buf, self.stride, self.stride)
+
+
+def _kernel_name(prefix: str, kernel: tuple[int, int], suffix: str = "") -> str:
+    return f"{prefix}_{kernel[0]}x{kernel[1]}{suffix}"
+
+
+class Shortcut(nn.Module):
+    """Encoder shortcut: average pool by the stride (if any), then a 1x1 conv (if widths differ)."""
+
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int], weight_norm: bool) -> None:
+        super().__init__()
+        self.pool = CausalAvgPool2d(stride) if stride != (1, 1) else None
+        self.conv1x1 = (
+            CausalConv2d(cin, cout, (1, 1), weight_norm=weight_norm) if cin != cout else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.conv1x1 is not None:
+            x = self.conv1x1(x)
+        return x
+
+
+class EncoderBlock(nn.Module):
+    """ELU, conv 3x3 (cin -> cin), ELU, resample conv with stride s (cin -> cout); plus shortcut."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: tuple[int, int],
+        weight_norm: bool = False,
+        mid: int | None = None,
+    ) -> None:
+        super().__init__()
+        kernel = (max(3, 2 * stride[0]), max(3, 2 * stride[1]))
+        mid = cin if mid is None else mid
+        self.resample_name = _kernel_name("conv2d", kernel, "_a")
+        self.conv2d_3x3 = CausalConv2d(cin, mid, (3, 3), weight_norm=weight_norm)
+        self.add_module(self.resample_name, CausalConv2d(mid, cout, kernel, stride, weight_norm))
+        self.shortcut_layer = Shortcut(cin, cout, stride, weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2d_3x3(F.elu(x))
+        y = getattr(self, self.resample_name)(F.elu(y))
+        return y + self.shortcut_layer(x)
+
+
+class ResidualUnit(nn.Module):
+    """ELU, conv 3x3, ELU, conv 3x3 (same width); identity shortcut.
+
+    The official names are ``conv2d_3x3`` and ``conv2d_3x3_a``; the encoder's bottleneck applies
+    ``conv2d_3x3`` first, the decoder's input unit ``conv2d_3x3_a`` first (checked against the
+    parity fixture), hence ``a_first``.
+    """
+
+    def __init__(self, channels: int, weight_norm: bool = False, a_first: bool = False) -> None:
+        super().__init__()
+        self.a_first = a_first
+        self.conv2d_3x3 = CausalConv2d(channels, channels, (3, 3), weight_norm=weight_norm)
+        self.conv2d_3x3_a = CausalConv2d(channels, channels, (3, 3), weight_norm=weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = self.conv2d_3x3, self.conv2d_3x3_a
+        if self.a_first:
+            first, second = second, first
+        return x + second(F.elu(first(F.elu(x))))
+
+
+class RepeatShortcut(nn.Module):
+    """Decoder shortcut: 1x1 conv (if widths differ), then nearest-neighbour repeat by the stride."""
+
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int], weight_norm: bool) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv1x1 = (
+            CausalConv2d(cin, cout, (1, 1), weight_norm=weight_norm) if cin != cout else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv1x1 is not None:
+            x = self.conv1x1(x)
+        st, sf = self.stride
+        if st > 1:
+            x = x.repeat_interleave(st, dim=2)
+        if sf > 1:
+            x = x.repeat_interleave(sf, dim=3)
+        return x
+
+
+class DecoderBlock(nn.Module):
+    """ELU, transposed conv with stride s (cin -> cout), ELU, conv 3x3 (cout -> cout); plus shortcut."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        weight_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.up_name = _kernel_name("conv2dtranspose", kernel)
+        self.add_module(self.up_name, CausalConvTranspose2d(cin, cout, kernel, stride, weight_norm))
+        self.conv2d_3x3 = CausalConv2d(cout, cout, (3, 3), weight_norm=weight_norm)
+        self.shortcut_layer = RepeatShortcut(cin, cout, stride, weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(self, self.up_name)(F.elu(x))
+        y = self.conv2d_3x3(F.elu(y))
+        return y + self.shortcut_layer(x)

@@ -1,0 +1,167 @@
+"""The SpectroStream network: STFT -> encoder -> RVQ -> decoder -> look-ahead trim -> iSTFT.
+
+Offline and streaming share one code path: offline is a stream fed a single chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .config import FRAMES_PER_CODE, HOP_SAMPLES, SAMPLES_PER_CODE, ModelConfig
+from .decoder import Decoder, LookaheadTrim
+from .dsp import ISTFT, STFT
+from .encoder import Encoder
+from .quantizer import ResidualVQ
+from .streaming import is_streaming, set_streaming
+
+
+class SpectroStream(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stft = STFT()
+        self.encoder = Encoder(config)
+        self.quantizer = ResidualVQ(
+            config.num_quantizers, config.codebook_size, config.embedding_dim
+        )
+        self.decoder = Decoder(config)
+        self.trim = LookaheadTrim(FRAMES_PER_CODE)
+        self.istft = ISTFT()
+
+    # ---- offline --------------------------------------------------------------------------
+    def encode_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, C, T] at 48 kHz -> [B, D, ceil(T / 1920)].
+
+        Zero-fills past the end: to a whole code frame, plus the 480 samples the last STFT frame
+        looks ahead.
+        """
+        frames = -(-audio.shape[-1] // SAMPLES_PER_CODE)
+        pad = frames * SAMPLES_PER_CODE + HOP_SAMPLES - audio.shape[-1]
+        return self.encoder(self.stft(F.pad(audio, (0, pad))))
+
+    def decode_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        """emb [B, D, N] -> audio [B, C, (N - 1) * 1920]; sample n lines up with input sample n."""
+        return self.istft(self.trim(self.decoder(emb)))
+
+    def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+        """audio [B, C, T] -> codes [B, L, ceil(T / 1920)]."""
+        return self.quantizer.encode(self.encode_embeddings(audio), n_levels)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, L, N] -> audio [B, C, (N - 1) * 1920]."""
+        return self.decode_embeddings(self.quantizer.decode(codes))
+
+    def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+        """Quantized round trip, audio [B, C, T] -> [B, C, (ceil(T / 1920) - 1) * 1920]."""
+        emb = self.encode_embeddings(audio)
+        return self.decode_embeddings(self.quantizer.quantize(emb, n_levels)[1])
+
+    def num_parameters(self) -> int:
+        """Inference parameter count, codebooks included (61,713,666 for the official config)."""
+        return sum(t.numel() for t in self.state_dict().values())
+
+
+class StreamingEncoder:
+    """Audio chunks of any size in, codes out as soon as their input has arrived.
+
+    Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``flush()``
+    zero-fills the end exactly as the offline path does, so the concatenated output equals
+    ``model.encode(all_audio)``.
+    """
+
+    def __init__(self, model: SpectroStream, n_levels: int | None = None) -> None:
+        self.model, self.n_levels = model, n_levels
+        self._modules = (model.stft, model.encoder)
+        for m in self._modules:
+            if is_streaming(m):
+                raise RuntimeError("this model already has an open streaming encoder")
+        for m in self._modules:
+            set_streaming(m, True)
+        self.samples_in = 0
+        self.closed = False
+
+    def push_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, C, n] -> embeddings [B, D, m] for the code frames completed by this chunk."""
+        if self.closed:
+            raise RuntimeError("streaming encoder is closed")
+        self.samples_in += audio.shape[-1]
+        return self.model.encoder(self.model.stft(audio))
+
+    def push(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, C, n] -> codes [B, L, m]."""
+        return self.model.quantizer.encode(self.push_embeddings(audio), self.n_levels)
+
+    def flush_embeddings(self, batch: int, channels: int) -> torch.Tensor:
+        frames = -(-self.samples_in // SAMPLES_PER_CODE)
+        pad = frames * SAMPLES_PER_CODE + HOP_SAMPLES - self.samples_in
+        dev = self.model.quantizer.codebooks.device
+        emb = self.push_embeddings(torch.zeros(batch, channels, pad, device=dev))
+        self.close()
+        return emb
+
+    def flush(self, batch: int = 1, channels: int | None = None) -> torch.Tensor:
+        """Emit the remaining code frames (zero-filled end) and close the stream."""
+        channels = self.model.config.audio_channels if channels is None else channels
+        return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.n_levels)
+
+    def close(self) -> None:
+        if not self.closed:
+            for m in self._modules:
+                set_streaming(m, False)
+            self.closed = True
+
+    def __enter__(self) -> StreamingEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamingDecoder:
+    """Code frames in, audio out: after code frame j arrives, samples up to 1920 j are final.
+
+    The first code frame only primes the look-ahead, so N frames give (N - 1) * 1920 samples,
+    equal to ``model.decode`` of the same codes.
+    """
+
+    def __init__(self, model: SpectroStream) -> None:
+        self.model = model
+        self._modules = (model.decoder, model.trim, model.istft)
+        for m in self._modules:
+            if is_streaming(m):
+                raise RuntimeError("this model already has an open streaming decoder")
+        for m in self._modules:
+            set_streaming(m, True)
+        self.closed = False
+
+    def push_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.closed:
+            raise RuntimeError("streaming decoder is closed")
+        return self.model.decode_embeddings(emb)
+
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call)."""
+        return self.push_embeddings(self.model.quantizer.decode(codes))
+
+    def close(self) -> None:
+        if not self.closed:
+            for m in self._modules:
+                set_streaming(m, False)
+            self.closed = True
+
+    def __enter__(self) -> StreamingDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """Remove weight-norm parametrizations in place, leaving plain convs (inference layout)."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
