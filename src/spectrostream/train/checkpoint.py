@@ -1,0 +1,166 @@
+"""One-file training checkpoints, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint ``RUN_DIR/checkpoints/step_XXXXXXXX.pt`` is a dict:
+    format "spectrostream-train", version, step,
+    train_config / model_config (JSON strings),
+    generator, discriminator, quantizer_ema (state dicts of the unwrapped modules),
+    opt_g, opt_d (optimizer state dicts),
+    rng {torch, cuda, numpy, python} as tensors, data {step} (the sampler position).
+It is written to a temporary file in the same folder, fsynced, then renamed over the final
+name (``os.replace``), so a process killed mid-write leaves only a stray ``.tmp`` file and the
+previous checkpoints intact. The newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "spectrostream-train"
+VERSION = 1
+_NAME = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or of the wrong kind."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (never temporary files), oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to ``path.tmp<pid>``, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # Make the rename itself durable.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` (with step) as the newest checkpoint, then prune all but ``keep``."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    path = checkpoint_path(run_dir, int(state["step"]))
+    for stale in checkpoint_dir(run_dir).glob("step_*.pt.tmp*") if path.parent.is_dir() else ():
+        stale.unlink()  # left by a killed writer; never a complete checkpoint
+    save_atomic(state, path)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    p = Path(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint not found: {p}") from e
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {p} ({type(e).__name__}: {e}); remove it to fall back "
+            "to an earlier one"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a spectrostream training checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {state.get('version')} != {VERSION}")
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (-> its newest checkpoint)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise CheckpointError(f"no checkpoints in {checkpoint_dir(p)}")
+        return latest
+    raise CheckpointError(f"no such run folder or checkpoint: {p}")
+
+
+# ---- RNG state as tensors (weights_only-loadable) --------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, current CUDA device, numpy, python)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python_version": int(py_version),
+        "python_internal": torch.tensor(py_internal, dtype=torch.int64),
+        "python_gauss": py_gauss,
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"].numel():
+        if not torch.cuda.is_available():
+            raise CheckpointError("checkpoint has CUDA RNG state but CUDA is not available")
+        torch.cuda.set_rng_state(state["cuda"])
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    random.setstate(
+        (
+            state["python_version"],
+            tuple(int(v) for v in state["python_internal"].tolist()),
+            state["python_gauss"],
+        )
+    )

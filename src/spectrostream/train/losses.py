@@ -1,0 +1,190 @@
+"""Training losses: multi-scale mel distance, hinge GAN, feature matching, auxiliary L1s, SI-SDR.
+
+Every function here computes in float32 with autocast disabled, whatever the caller runs under.
+Reductions:
+- mel: per scale s, the L1 norm over the 64 mel bins plus alpha_s times the L2 norm of the log
+  difference over the mel bins, each averaged over frames, channels and batch (SoundStream's
+  per-frame norms); summed over scales.
+- adversarial and feature matching: averaged over discriminators (and over layers for features),
+  each term a mean over its elements ("normalized by size").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
+
+
+@contextmanager
+def fp32(device: torch.device) -> Iterator[None]:
+    """Disable autocast for the enclosed block (inputs must be cast to float32 by the caller)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_fft: int,
+    n_mels: int,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+) -> torch.Tensor:
+    """Triangular HTK-mel filters, unnormalized, [n_fft // 2 + 1, n_mels].
+
+    With short windows some filters fall between FFT bins and are all zero; they contribute
+    nothing to the loss (identical zeros for both signals), which is intended.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    m = torch.linspace(
+        hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
+        hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
+    pts = mel_to_hz(m)
+    lower, center, upper = pts[:-2], pts[1:-1], pts[2:]
+    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
+    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+class MelSpectrogram(nn.Module):
+    """Magnitude mel spectrogram: audio [B, C, T] -> [B, C, n_mels, frames]; window s, hop s/4."""
+
+    def __init__(self, n_fft: int, n_mels: int = 64) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, n_fft // 4
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("fb", mel_filterbank(n_fft, n_mels), persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        b, c, t = audio.shape
+        with fp32(audio.device):
+            spec = torch.stft(
+                audio.float().reshape(b * c, t),
+                self.n_fft,
+                self.hop,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            mag = torch.sqrt((spec.real.square() + spec.imag.square()).clamp_min(1e-10))
+            mel = torch.einsum("nft,fm->nmt", mag, self.fb)
+        return mel.reshape(b, c, mel.shape[1], mel.shape[2])
+
+
+class MultiScaleMelLoss(nn.Module):
+    """sum_s  mean ||S_s(x) - S_s(y)||_1 + sqrt(s / 2) mean ||log S_s(x) - log S_s(y)||_2."""
+
+    def __init__(
+        self,
+        scales: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+        n_mels: int = 64,
+        log_floor: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.mels = nn.ModuleList(MelSpectrogram(s, n_mels) for s in scales)
+        self.alphas = [math.sqrt(s / 2) for s in scales]
+        self.log_floor = log_floor
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (reference), y (reconstruction): [B, C, T] -> scalar."""
+        total = x.new_zeros((), dtype=torch.float32)
+        with fp32(x.device):
+            for mel, alpha in zip(self.mels, self.alphas, strict=True):
+                sx, sy = mel(x.float()), mel(y.float())
+                l1 = (sx - sy).abs().sum(dim=2).mean()
+                dlog = torch.log(sx.clamp_min(self.log_floor)) - torch.log(
+                    sy.clamp_min(self.log_floor)
+                )
+                l2 = torch.sqrt(dlog.square().sum(dim=2) + 1e-8).mean()
+                total = total + l1 + alpha * l2
+        return total
+
+
+def discriminator_hinge(
+    real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """mean over discriminators of mean(relu(1 - D(x))) + mean(relu(1 + D(G(x))))."""
+    with fp32(real_logits[0].device):
+        terms = [
+            F.relu(1 - r.float()).mean() + F.relu(1 + f.float()).mean()
+            for r, f in zip(real_logits, fake_logits, strict=True)
+        ]
+        return torch.stack(terms).mean()
+
+
+def generator_adversarial(fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mean over discriminators of mean(relu(1 - D(G(x))))."""
+    with fp32(fake_logits[0].device):
+        return torch.stack([F.relu(1 - f.float()).mean() for f in fake_logits]).mean()
+
+
+def feature_matching(
+    real_feats: Sequence[Sequence[torch.Tensor]], fake_feats: Sequence[Sequence[torch.Tensor]]
+) -> torch.Tensor:
+    """L1 between D's intermediate maps on real and fake, mean per map, averaged over all maps."""
+    with fp32(real_feats[0][0].device):
+        terms = [
+            (r.detach().float() - f.float()).abs().mean()
+            for rs, fs in zip(real_feats, fake_feats, strict=True)
+            for r, f in zip(rs, fs, strict=True)
+        ]
+        return torch.stack(terms).mean()
+
+
+def stft_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 on the complex STFT (re and im) at the codec's own resolution (n_fft 960, hop 480)."""
+    b, c, t = x.shape
+    with fp32(x.device):
+        window = torch.hann_window(N_FFT, periodic=True, device=x.device)
+        sx = torch.stft(
+            x.float().reshape(b * c, t),
+            N_FFT,
+            HOP_SAMPLES,
+            window=window,
+            center=False,
+            return_complex=True,
+        )
+        sy = torch.stft(
+            y.float().reshape(b * c, t),
+            N_FFT,
+            HOP_SAMPLES,
+            window=window,
+            center=False,
+            return_complex=True,
+        )
+        return (torch.view_as_real(sx) - torch.view_as_real(sy)).abs().mean()
+
+
+def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with fp32(x.device):
+        return (x.float() - y.float()).abs().mean()
+
+
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SDR in dB per [B, C] signal (zero-mean), [B, C, T] -> [B, C]."""
+    with fp32(reference.device):
+        r = reference.float() - reference.float().mean(-1, keepdim=True)
+        e = estimate.float() - estimate.float().mean(-1, keepdim=True)
+        scale = (e * r).sum(-1, keepdim=True) / (r.square().sum(-1, keepdim=True) + eps)
+        target = scale * r
+        noise = e - target
+        return 10 * torch.log10((target.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))

@@ -1,0 +1,240 @@
+"""Training side of the residual VQ: EMA codebooks, k-means init, dead-code restart, dropout.
+
+The codebooks live in the model (``model.quantizer.codebooks``, a buffer [Q, K, D]) and are
+updated in place here; the EMA statistics live in ``QuantizerTrainer`` (saved in training
+checkpoints, never in the exported model).
+
+Per training step (all under no_grad, float32):
+1. greedy residual search through all Q levels with the current codebooks;
+2. EMA update of every level from every example: the residual that reaches level l does not
+   depend on how many levels an example will use, so dropout does not starve deep levels;
+3. codes whose EMA usage falls below ``dead_code_fraction`` of uniform usage are replaced by
+   random residuals of the batch (their statistics reset to uniform usage);
+4. per example, n levels are drawn (biased dropout) and, with probability ``bypass_rate``, the
+   decoder gets the unquantized embedding. The commitment loss ||z - sg(zq_n)||^2 uses the
+   example's own n levels (for bypassed examples too, so the encoder stays near the codebooks).
+The straight-through estimator passes the decoder's gradient to the encoder unchanged.
+
+In DDP the batch statistics (counts, sums) are all-reduced before the EMA update, k-means runs
+on rank 0, and restart candidates come from rank 0, so every rank keeps identical codebooks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import QuantizerTrainConfig
+
+# Paper schedule for Q = 64: 1..16 step 1, 18..32 step 2, 36..64 step 4 (32 values, uniform).
+BIASED_LEVELS_64 = (*range(1, 17), *range(18, 33, 2), *range(36, 65, 4))
+
+
+def dropout_levels(num_quantizers: int, mode: str = "biased") -> torch.Tensor:
+    """The values n is drawn from, uniformly (duplicates weight a value), LongTensor [S].
+
+    "biased" is the paper's 32-value schedule for Q = 64; for other Q each value v becomes
+    ceil(v * Q / 64), which keeps the 4:2:1 weighting of the three ranges of the level axis.
+    """
+    q = num_quantizers
+    if mode == "biased":
+        vals = [max(1, math.ceil(v * q / 64)) for v in BIASED_LEVELS_64]
+    elif mode == "uniform":
+        vals = list(range(1, q + 1))
+    elif mode == "none":
+        vals = [q]
+    else:
+        raise ValueError(f"unknown dropout mode {mode!r}")
+    return torch.tensor(vals, dtype=torch.long)
+
+
+@dataclass
+class RVQOutput:
+    quantized: torch.Tensor  # [B, D, N] what the decoder gets (STE; bypassed examples = z)
+    commit: torch.Tensor  # scalar, mean over elements of (z - sg(zq_n))^2
+    codes: torch.Tensor  # [B, Q, N] codes of all levels (before this step's EMA update)
+    n_levels: torch.Tensor  # [B] levels used per example
+    bypass: torch.Tensor  # [B] bool
+    counts: torch.Tensor  # [Q, K] code counts in this (global) batch
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _nearest(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """x [M, D], cb [K, D] -> index [M] of the nearest codeword (squared L2)."""
+    return ((cb * cb).sum(1) - 2.0 * x @ cb.t()).argmin(dim=1)
+
+
+def kmeans(
+    x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Lloyd's k-means on x [M, D] -> centroids [k, D]. Empty clusters keep their centroid.
+
+    With fewer points than clusters, initial centroids are drawn with replacement plus a tiny
+    jitter so that they differ.
+    """
+    m, d = x.shape
+    if m >= k:
+        idx = torch.randperm(m, device=x.device, generator=generator)[:k]
+        cent = x[idx].clone()
+    else:
+        idx = torch.randint(0, m, (k,), device=x.device, generator=generator)
+        scale = x.std() * 1e-3 + 1e-6
+        cent = x[idx] + scale * torch.randn(k, d, device=x.device, generator=generator)
+    for _ in range(iters):
+        assign = _nearest(x, cent)
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        cent = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], cent)
+    return cent
+
+
+class QuantizerTrainer(nn.Module):
+    """EMA state for codebooks [Q, K, D]; ``forward`` quantizes and updates them in training."""
+
+    def __init__(
+        self,
+        num_quantizers: int,
+        codebook_size: int,
+        dim: int,
+        cfg: QuantizerTrainConfig,
+        init_from_codebooks: bool = False,
+    ) -> None:
+        super().__init__()
+        self.q, self.k, self.d = num_quantizers, codebook_size, dim
+        self.cfg = cfg
+        self.init_from_codebooks = init_from_codebooks or not cfg.kmeans_init
+        self.register_buffer("cluster_size", torch.zeros(num_quantizers, codebook_size))
+        self.register_buffer("embed_sum", torch.zeros(num_quantizers, codebook_size, dim))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer(
+            "levels_table", dropout_levels(num_quantizers, cfg.dropout), persistent=False
+        )
+        self._init_checked = False  # avoids a host sync per step once initialization is known
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._init_checked = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ---- sampling --------------------------------------------------------------------------
+    def sample_levels(self, batch: int, device: torch.device) -> torch.Tensor:
+        """n levels per example [B], drawn uniformly from the dropout table."""
+        table = self.levels_table.to(device)
+        return table[torch.randint(0, table.numel(), (batch,), device=device)]
+
+    def sample_bypass(self, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(batch, device=device) < self.cfg.bypass_rate
+
+    # ---- initialisation --------------------------------------------------------------------
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor, codebooks: torch.Tensor) -> None:
+        """x [M, D] (local flattened embeddings); fills codebooks and EMA statistics."""
+        uniform = self._uniform_usage(x.shape[0])
+        if not self.init_from_codebooks:
+            residual = x.clone()
+            for level in range(self.q):
+                if not _dist_on() or dist.get_rank() == 0:
+                    codebooks[level] = kmeans(residual, self.k, self.cfg.kmeans_iters)
+                if _dist_on():
+                    dist.broadcast(codebooks[level], 0)
+                residual = residual - codebooks[level][_nearest(residual, codebooks[level])]
+        self.cluster_size.fill_(uniform)
+        self.embed_sum.copy_(codebooks.float() * uniform)
+        self.initialized.fill_(True)
+
+    def _uniform_usage(self, local_vectors: int) -> float:
+        world = dist.get_world_size() if _dist_on() else 1
+        return local_vectors * world / self.k
+
+    # ---- training step ---------------------------------------------------------------------
+    def forward(self, emb: torch.Tensor, codebooks: torch.Tensor) -> RVQOutput:
+        """emb [B, D, N] (encoder output), codebooks [Q, K, D] (updated in place)."""
+        b, d, n = emb.shape
+        device = emb.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            z = emb.float()
+            x = z.detach().transpose(1, 2).reshape(b * n, d)
+            if not self._init_checked:
+                if not bool(self.initialized):
+                    self._initialize(x, codebooks)
+                self._init_checked = True
+            n_levels = self.sample_levels(b, device)
+            bypass = self.sample_bypass(b, device)
+            zq, codes, counts = self._search_and_update(x, codebooks, n_levels, n)
+            zq = zq.reshape(b, n, d).transpose(1, 2)
+            commit = (z - zq).square().mean()
+            ste = z + (zq - z).detach()
+            out = torch.where(bypass[:, None, None], z, ste)
+        return RVQOutput(
+            out, commit, codes.reshape(b, n, self.q).permute(0, 2, 1), n_levels, bypass, counts
+        )
+
+    @torch.no_grad()
+    def _search_and_update(
+        self, x: torch.Tensor, codebooks: torch.Tensor, n_levels: torch.Tensor, frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, d = x.shape
+        device = x.device
+        rows_levels = n_levels.repeat_interleave(frames)[:, None]  # [M, 1]
+        cand_idx = torch.randint(0, m, (self.q, self.k), device=device)
+        sums = torch.zeros(self.q, self.k, d, device=device)
+        counts = torch.zeros(self.q, self.k, device=device)
+        candidates = torch.empty(self.q, self.k, d, device=device)
+        total = torch.zeros_like(x)
+        residual = x
+        codes = []
+        ones = torch.ones(m, device=device)
+        for level in range(self.q):
+            cb = codebooks[level].float()
+            idx = _nearest(residual, cb)
+            chosen = cb[idx]
+            sums[level].index_add_(0, idx, residual)
+            counts[level].index_add_(0, idx, ones)
+            candidates[level] = residual[cand_idx[level]]
+            total = total + chosen * (rows_levels > level)
+            residual = residual - chosen
+            codes.append(idx)
+        if _dist_on():
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+            dist.broadcast(candidates, 0)
+        self._ema_update(codebooks, sums, counts, candidates, self._uniform_usage(m))
+        return total, torch.stack(codes, dim=1), counts
+
+    @torch.no_grad()
+    def _ema_update(
+        self,
+        codebooks: torch.Tensor,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        candidates: torch.Tensor,
+        uniform: float,
+    ) -> None:
+        decay = self.cfg.ema_decay
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.cluster_size.sum(dim=1, keepdim=True)
+        eps = 1e-5
+        smoothed = (self.cluster_size + eps) / (total + self.k * eps) * total
+        new = self.embed_sum / smoothed[..., None]
+        dead = self.cluster_size < self.cfg.dead_code_fraction * uniform  # [Q, K]
+        new = torch.where(dead[..., None], candidates, new)
+        self.cluster_size.copy_(
+            torch.where(dead, torch.full_like(self.cluster_size, uniform), self.cluster_size)
+        )
+        self.embed_sum.copy_(torch.where(dead[..., None], candidates * uniform, self.embed_sum))
+        codebooks.copy_(new.to(codebooks.dtype))
+
+
+def codebook_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts [Q, K] -> (usage [Q]: share of codes used, perplexity [Q]: exp(entropy))."""
+    usage = (counts > 0).float().mean(dim=1)
+    p = counts / counts.sum(dim=1, keepdim=True).clamp_min(1e-9)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
+    return usage, torch.exp(entropy)
