@@ -88,7 +88,11 @@ class StreamingEncoder:
         if self.closed:
             raise RuntimeError("streaming encoder is closed")
         self.samples_in += audio.shape[-1]
-        return self.model.encoder(self.model.stft(audio))
+        spec = self.model.stft(audio)
+        if spec.shape[3] == 0:  # no new STFT frame: nothing downstream can change
+            b = audio.shape[0]
+            return audio.new_zeros(b, self.model.config.embedding_dim, 0)
+        return self.model.encoder(spec)
 
     def push(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> codes [B, L, m]."""

@@ -21,11 +21,8 @@ PARTS = ("encoder", "quantizer", "decoder")
 _PREFIXES = ("params/soundstream/", "params/", "soundstream/")
 
 
-class ImportError_(ValueError):
-    """Official weights could not be imported (missing, unexpected or misshapen tensors)."""
-
-
-OfficialImportError = ImportError_
+class ModelError(ValueError):
+    """Weights could not be loaded or used: missing file, mismatched tensors, missing half."""
 
 
 def strip_prefix(name: str) -> str:
@@ -41,7 +38,7 @@ def official_to_torch_name(name: str) -> str:
         return "quantizer.codebooks"
     path, leaf = name.rsplit("/", 1)
     if leaf not in ("kernel", "bias"):
-        raise ImportError_(f"unexpected official parameter {name!r}")
+        raise ModelError(f"unexpected official parameter {name!r}")
     return path.replace("/", ".") + (".weight" if leaf == "kernel" else ".bias")
 
 
@@ -62,11 +59,11 @@ def convert_params(params: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         arr = np.asarray(value, dtype=np.float32)
         if name.endswith("/kernel"):
             if arr.ndim != 4:
-                raise ImportError_(f"{raw}: expected a 4-D HWIO kernel, got shape {arr.shape}")
+                raise ModelError(f"{raw}: expected a 4-D HWIO kernel, got shape {arr.shape}")
             arr = kernel_to_torch(name, arr)
         key = official_to_torch_name(name)
         if key in out:
-            raise ImportError_(f"parameter {name!r} given twice")
+            raise ModelError(f"parameter {name!r} given twice")
         out[key] = torch.from_numpy(arr.copy())
     return out
 
@@ -80,11 +77,11 @@ def read_safetensors_numpy(path: str | Path) -> dict[str, np.ndarray]:
 
     path = Path(path)
     if not path.is_file():
-        raise ImportError_(f"{path}: no such file")
+        raise ModelError(f"{path}: no such file")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for a bad file
-        raise ImportError_(f"{path}: not a readable safetensors file ({e})") from e
+        raise ModelError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def import_official(
@@ -99,7 +96,7 @@ def import_official(
     from .model import SpectroStream
 
     if encoder is None and checkpoint is None:
-        raise ImportError_("give --encoder and/or --checkpoint")
+        raise ModelError("give --encoder and/or --checkpoint")
     config = official_config() if config is None else config
     params: dict[str, np.ndarray] = {}
     if encoder is not None:
@@ -109,7 +106,7 @@ def import_official(
             if strip_prefix(k).startswith(("encoder/", "quantizer/"))
         }
         if not enc:
-            raise ImportError_(f"{encoder}: holds no encoder parameters (params/encoder/...)")
+            raise ModelError(f"{encoder}: holds no encoder parameters (params/encoder/...)")
         params.update(enc)
     if checkpoint is not None:
         ck = {
@@ -118,7 +115,7 @@ def import_official(
             if strip_prefix(k).startswith(("decoder/", "quantizer/"))
         }
         if not ck:
-            raise ImportError_(
+            raise ModelError(
                 f"{checkpoint}: holds no SpectroStream decoder (params/soundstream/decoder/...)"
             )
         params.update(ck)
@@ -136,13 +133,13 @@ def load_partial(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> N
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ImportError_(
+        raise ModelError(
             f"weights do not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
             f" unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise ImportError_(f"{k}: shape {tuple(v.shape)} != model's {tuple(own[k].shape)}")
+            raise ModelError(f"{k}: shape {tuple(v.shape)} != model's {tuple(own[k].shape)}")
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)

@@ -1,0 +1,9 @@
+"""SpectroStream: a full-band 48 kHz stereo neural audio codec in PyTorch."""
+
+from .codec import Codec, load
+from .config import ModelConfig, official_config, small_config, tiny_config
+from .model import SpectroStream, StreamingDecoder, StreamingEncoder
+
+__version__ = "0.1.0"
+__all__ = ["Codec", "ModelConfig", "SpectroStream", "StreamingDecoder", "StreamingEncoder",
+           "load", "official_config", "small_config", "tiny_config", "__version__"]
