@@ -1,0 +1,1 @@
+"""Training-data tooling: the Debian game-music corpus (`debian`) and the GPU subset (`pack`)."""
