@@ -108,9 +108,27 @@ def _encode_one(codec, src: str, dst: str, kbps: float | None, levels: int | Non
         codec.encode_file(src, out, kbps=kbps, levels=levels, progress=bar.update)
 
 
+@contextmanager
+def _audio_out(path: str):
+    """Yields where to write an audio file; a file appears complete or not at all."""
+    if path == STDIO:
+        yield path
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".partial-{target.name}")  # keeps the extension (it picks the format)
+    try:
+        yield str(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
-    with _open_in(src) as f, _progress(None, Path(src).name, "frame") as bar:
-        codec.decode_file(f, dst, sample_rate=sr, progress=bar.update)
+    with (_open_in(src) as f, _progress(None, Path(src).name, "frame") as bar,
+          _audio_out(dst) as out):
+        codec.decode_file(f, out, sample_rate=sr, progress=bar.update)
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -145,7 +163,8 @@ def run_roundtrip(args: argparse.Namespace) -> int:
         codec.encode_file(src, buf, kbps=args.kbps, levels=args.levels)
         size = buf.tell()
         buf.seek(0)
-        header = codec.decode_file(buf, dst, sample_rate=args.sr)
+        with _audio_out(dst) as out:
+            header = codec.decode_file(buf, out, sample_rate=args.sr)
         if header.num_samples:
             secs = header.num_samples / header.sample_rate
             print(f"{src}: {size} bytes, {8 * size / secs / 1000:.2f} kbps actual, "

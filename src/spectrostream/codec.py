@@ -215,8 +215,8 @@ class Codec:
         header, codes = bitstream.decode_stream(data, expected_model_id=self.model_id)
         self._check_header(header)
         sr = header.sample_rate if sample_rate is None else int(sample_rate)
+        # Resample everything decoded, then cut: the same samples as the streaming decode_file.
         x48 = self.decode(codes[None])[0].numpy()
-        x48 = x48[:, : audio_io.resampled_length(header.num_samples, header.sample_rate, SAMPLE_RATE)]
         out = self._restore(audio_io.resample(x48, SAMPLE_RATE, sr), header.channels)
         want = audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
         out = out[:, :want]

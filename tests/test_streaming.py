@@ -1,0 +1,133 @@
+"""One code path: streamed codes equal offline codes exactly, streamed audio equals offline audio,
+for any chunking; the architecture is causal with 80 ms latency."""
+
+import numpy as np
+import pytest
+import torch
+
+from spectrostream.config import SAMPLES_PER_CODE, tiny_config
+from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
+from spectrostream.streaming import get_state, set_state, streaming
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = SpectroStream(tiny_config(num_quantizers=8, codebook_size=16)).eval()
+    # Randomise the codebooks relative to the embedding scale so that every level is used.
+    with torch.no_grad():
+        x = torch.randn(1, 2, 48000) * 0.3
+        scale = m.encode_embeddings(x).std()
+        m.quantizer.codebooks.normal_().mul_(scale)
+    return m
+
+
+def _audio(seconds: float, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(48000 * seconds)) / 48000
+    x = 0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.1 * torch.randn(2, len(t), generator=g)
+    x[1] *= 0.7
+    return x[None]
+
+
+def _chunks(total: int, size: int | str, seed: int = 0) -> list[int]:
+    if size != "random":
+        return [min(size, total - i) for i in range(0, total, size)]
+    rng = np.random.default_rng(seed)
+    out, done = [], 0
+    while done < total:
+        n = int(min(rng.integers(0, 5000), total - done))
+        out.append(n)  # zero-length chunks are allowed
+        done += n
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1920, 4800, "random"])
+def test_stream_equals_offline(model, chunk):
+    x = _audio(0.5 if chunk in (1, 7) else 1.3)
+    with torch.no_grad():
+        ref_codes = model.encode(x)
+        ref_audio = model.decode(ref_codes)
+        codes, audio = [], []
+        with StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
+            pos = 0
+            for n in _chunks(x.shape[-1], chunk):
+                c = enc.push(x[..., pos: pos + n])
+                pos += n
+                codes.append(c)
+                audio.append(dec.push(c))
+            c = enc.flush()
+            codes.append(c)
+            audio.append(dec.push(c))
+    codes = torch.cat(codes, -1)
+    audio = torch.cat(audio, -1)
+    assert torch.equal(codes, ref_codes)
+    assert audio.shape == ref_audio.shape
+    assert (audio - ref_audio).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 11])
+def test_decoder_stream_any_code_chunking(model, frames):
+    x = _audio(1.0, seed=3)
+    with torch.no_grad():
+        codes = model.encode(x, 5)
+        ref = model.decode(codes)
+        with StreamingDecoder(model) as dec:
+            out = torch.cat([dec.push(codes[..., i: i + frames])
+                             for i in range(0, codes.shape[-1], frames)], -1)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_latency_is_two_code_frames(model):
+    """Fed 40 ms blocks, audio block j comes out once input block j + 2 is in: 80 ms."""
+    x = _audio(0.8)
+    produced = []
+    with torch.no_grad(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
+        for k in range(x.shape[-1] // SAMPLES_PER_CODE):
+            block = x[..., k * SAMPLES_PER_CODE: (k + 1) * SAMPLES_PER_CODE]
+            produced.append(dec.push(enc.push(block)).shape[-1])
+    total = np.cumsum(produced)
+    # After k + 1 blocks (k = 0, 1, ...): blocks 0 .. k - 2 are out.
+    expected = [max(0, k - 1) * SAMPLES_PER_CODE for k in range(len(produced))]
+    assert total.tolist() == expected
+
+
+def test_causality_prefix(model):
+    """Changing the input from sample p on leaves every code frame j with 1920 j + 2399 < p and
+    every output sample n with 1920 (n // 1920 + 1) + 2399 < p unchanged; later ones change."""
+    x = _audio(1.0)
+    p = 30000
+    y = x.clone()
+    y[..., p:] += 0.5 * torch.randn_like(y[..., p:])
+    with torch.no_grad():
+        cx, cy = model.encode(x), model.encode(y)
+        ax, ay = model.decode(cx), model.decode(cy)
+    j_ok = (p - 2400) // 1920  # frames 0 .. j_ok have 1920 j + 2399 < p
+    assert torch.equal(cx[..., : j_ok + 1], cy[..., : j_ok + 1])
+    assert not torch.equal(cx[..., j_ok + 1:], cy[..., j_ok + 1:])
+    n_ok = j_ok * 1920  # samples in blocks 0 .. j_ok - 1 need codes up to j_ok
+    assert torch.allclose(ax[..., :n_ok], ay[..., :n_ok], atol=1e-6)
+    assert not torch.allclose(ax[..., n_ok + 1920:], ay[..., n_ok + 1920:], atol=1e-4)
+
+
+def test_state_snapshot_and_restore(model):
+    """get_state / set_state: resuming a stream from a snapshot repeats the same output."""
+    x = _audio(1.0)
+    with torch.no_grad(), streaming(model.decoder):
+        codes = model.encode(x)
+        model.decoder(model.quantizer.decode(codes[..., :10]))
+        snap = get_state(model.decoder)
+        a = model.decoder(model.quantizer.decode(codes[..., 10:]))
+        set_state(model.decoder, snap)
+        b = model.decoder(model.quantizer.decode(codes[..., 10:]))
+    assert torch.equal(a, b)
+
+
+def test_one_stream_at_a_time(model):
+    with StreamingEncoder(model), pytest.raises(RuntimeError, match="already"):
+        StreamingEncoder(model)
+    enc = StreamingEncoder(model)
+    enc.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        enc.push(torch.zeros(1, 2, 10))
