@@ -148,6 +148,11 @@ class StreamingDecoder:
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call)."""
+        if codes.shape[-1] == 0:  # nothing new: the state cannot change
+            if self.closed:
+                raise RuntimeError("streaming decoder is closed")
+            c = self.model.config.audio_channels
+            return torch.zeros(codes.shape[0], c, 0, device=codes.device)
         return self.push_embeddings(self.model.quantizer.decode(codes))
 
     def close(self) -> None:
