@@ -405,6 +405,7 @@ def test_pack_refuses_an_impossible_cap_and_a_foreign_folder(corpus, packed, tmp
     tiny = dataclasses.replace(PACK_OPTIONS, max_mib=0.02)
     with pytest.raises(DataError, match="lowest Vorbis quality"):
         write_pack(corpus, tmp_path / "tiny", tiny, progress=False)
+    assert sorted(tmp_path.iterdir()) == []  # nothing half-written is left behind
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -413,10 +414,6 @@ def process_package(
     """
     copyright_info, copyright_path = read_copyright(package)
     candidates = scan_audio(package.root)
-    for split in ("train", "valid"):
-        stale = out_dir / split / package.name
-        if stale.exists():
-            shutil.rmtree(stale)
     tracks: list[TrackRecord] = []
     duplicates: list[tuple[str, str]] = []
     too_short: list[tuple[str, float]] = []
@@ -450,7 +447,10 @@ def process_package(
         rel_file = f"{split}/{package.name}/{stem}-{digest}.flac"
         target = out_dir / rel_file
         target.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(target, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        # Write beside and rename: a reader (e.g. `data pack`) never sees a half-written file.
+        partial = target.with_name(target.name + ".partial")
+        sf.write(partial, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        os.replace(partial, target)
         seen_hashes[byte_hash] = track_id
         seen_hashes["audio:" + audio_hash] = track_id
         tracks.append(
@@ -469,6 +469,13 @@ def process_package(
             )
         )
     bar.close()
+    written = {out_dir / t.file for t in tracks}
+    for split in ("train", "valid"):  # files of an earlier build that this one did not make
+        folder = out_dir / split / package.name
+        if folder.is_dir():
+            for stale in folder.iterdir():
+                if stale not in written:
+                    stale.unlink()
     report = PackageReport(
         package=package.name,
         version=package.version,
@@ -484,12 +491,18 @@ def process_package(
     shutil.copyfile(copyright_path, out_dir / "licences" / f"{package.name}.copyright")
     (out_dir / "packages").mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "packages" / f"{package.name}.json"
-    report_path.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    _write_atomic(report_path, json.dumps(report.to_json(), indent=1) + "\n")
     return report
 
 
 # ---------------------------------------------------------------------------------------------
 # Corpus-level: manifests and the whole build
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def load_package_reports(out_dir: Path) -> list[PackageReport]:
@@ -511,9 +524,9 @@ def write_manifest(out_dir: Path) -> list[TrackRecord]:
     """Rebuild out_dir/manifest.tsv and manifest.json from out_dir/packages/*.json."""
     reports = load_package_reports(out_dir)
     tracks = sorted((t for r in reports for t in r.tracks), key=lambda t: t.track_id)
-    with open(out_dir / "manifest.tsv", "w", encoding="utf-8") as f:
-        f.write("\t".join(TSV_COLUMNS) + "\n")
-        f.writelines("\t".join(str(getattr(t, c)) for c in TSV_COLUMNS) + "\n" for t in tracks)
+    rows = ["\t".join(TSV_COLUMNS) + "\n"]
+    rows += ["\t".join(str(getattr(t, c)) for c in TSV_COLUMNS) + "\n" for t in tracks]
+    _write_atomic(out_dir / "manifest.tsv", "".join(rows))
     summary = {
         "version": MANIFEST_VERSION,
         "sample_rate": SAMPLE_RATE,
@@ -541,7 +554,7 @@ def write_manifest(out_dir: Path) -> list[TrackRecord]:
         },
         "tracks": [asdict(t) for t in tracks],
     }
-    (out_dir / "manifest.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    _write_atomic(out_dir / "manifest.json", json.dumps(summary, indent=1) + "\n")
     return tracks
 
 

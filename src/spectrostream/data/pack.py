@@ -284,19 +284,60 @@ def _check_output(out_dir: Path, overwrite: bool) -> None:
             raise DataError(f"{out_dir} is not empty and holds no pack manifest; not touching it")
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> None:
-    _check_output(out_dir, overwrite)
-    if out_dir.exists():
-        for name in ("train", "valid", "licences"):
-            if (out_dir / name).exists():
-                shutil.rmtree(out_dir / name)
-        for name in ("manifest.json", "manifest.tsv"):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _write_staging(
+    corpus_dir: Path,
+    staging: Path,
+    excerpts: Sequence[Excerpt],
+    names: Sequence[str],
+    options: PackOptions,
+    progress: bool,
+) -> tuple[float, int]:
+    """Licences, excerpts and manifests into `staging`; returns (quality, total bytes)."""
+    (staging / "licences").mkdir()
+    for package in sorted({e.track.package for e in excerpts}):
+        source = corpus_dir / "licences" / f"{package}.copyright"
+        if not source.is_file():
+            raise DataError(f"{source} is missing: the pack must carry each package's licence")
+        shutil.copyfile(source, staging / "licences" / f"{package}.copyright")
+
+    budget = options.max_mib * MIB
+    # The manifests' size barely depends on the quality; measure it with a placeholder.
+    tsv, doc = _manifests(excerpts, names, 0.0, options, corpus_dir)
+    fixed = folder_bytes(staging) + len(tsv.encode()) + len(doc.encode()) + 64
+    quality = choose_quality(corpus_dir, excerpts, budget - fixed, options)
+    while True:
+        encoded = []
+        for e in tqdm(
+            excerpts, desc=f"vorbis q={quality:.2f}", unit="excerpt", disable=not progress
+        ):
+            encoded.append(encode_vorbis(read_excerpt(corpus_dir, e), quality))
+        total = fixed + sum(len(b) for b in encoded)
+        if total <= budget:
+            break
+        if quality <= 0.0:
+            raise DataError(
+                f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
+                f"{options.max_mib}: lower --minutes"
+            )
+        quality = max(0.0, round(quality - QUALITY_STEP, 4))
+
+    for name, data in zip(names, encoded, strict=True):
+        path = staging / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    tsv, doc = _manifests(excerpts, names, quality, options, corpus_dir)
+    (staging / "manifest.tsv").write_text(tsv, encoding="utf-8")
+    (staging / "manifest.json").write_text(doc, encoding="utf-8")
+    total_bytes = folder_bytes(staging)
+    if total_bytes > budget:
+        raise DataError(
+            f"the pack is {total_bytes / MIB:.2f} MiB, over --max-mib {options.max_mib}"
+        )
+    return quality, total_bytes
 
 
 def write_pack(
@@ -323,48 +364,23 @@ def write_pack(
     ]
     names = [_excerpt_name(i, e) for i, e in enumerate(excerpts)]
 
-    _prepare_output(out_dir, overwrite)
-    used_packages = sorted({e.track.package for e in excerpts})
-    (out_dir / "licences").mkdir()
-    for package in used_packages:
-        source = corpus_dir / "licences" / f"{package}.copyright"
-        if not source.is_file():
-            raise DataError(f"{source} is missing: the pack must carry each package's licence")
-        shutil.copyfile(source, out_dir / "licences" / f"{package}.copyright")
-
-    budget = options.max_mib * MIB
-    # The manifests' size barely depends on the quality; measure it with a placeholder.
-    tsv, doc = _manifests(excerpts, names, 0.0, options, corpus_dir)
-    fixed = folder_bytes(out_dir) + len(tsv.encode()) + len(doc.encode()) + 64
-    quality = choose_quality(corpus_dir, excerpts, budget - fixed, options)
-    while True:
-        encoded = []
-        for e in tqdm(
-            excerpts, desc=f"vorbis q={quality:.2f}", unit="excerpt", disable=not progress
-        ):
-            encoded.append(encode_vorbis(read_excerpt(corpus_dir, e), quality))
-        total = fixed + sum(len(b) for b in encoded)
-        if total <= budget:
-            break
-        if quality <= 0.0:
-            raise DataError(
-                f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
-                f"{options.max_mib}: lower --minutes"
-            )
-        quality = max(0.0, round(quality - QUALITY_STEP, 4))
-
-    for name, data in zip(names, encoded, strict=True):
-        path = out_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    tsv, doc = _manifests(excerpts, names, quality, options, corpus_dir)
-    (out_dir / "manifest.tsv").write_text(tsv, encoding="utf-8")
-    (out_dir / "manifest.json").write_text(doc, encoding="utf-8")
-    total_bytes = folder_bytes(out_dir)
-    if total_bytes > budget:
-        raise DataError(
-            f"{out_dir} is {total_bytes / MIB:.2f} MiB, over --max-mib {options.max_mib}"
+    # Build in a staging folder and move it into place at the end: a failed or interrupted
+    # run never leaves a half-written pack, and a reader never sees one.
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        quality, total_bytes = _write_staging(
+            corpus_dir, staging, excerpts, names, options, progress
         )
+        _check_output(out_dir, overwrite)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
     train_ex = [e for e in excerpts if e.split == "train"]
     valid_ex = [e for e in excerpts if e.split == "valid"]
