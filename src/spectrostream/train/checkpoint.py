@@ -143,11 +143,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU byte tensors, whatever map_location the checkpoint was read with.
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"].numel():
         if not torch.cuda.is_available():
             raise CheckpointError("checkpoint has CUDA RNG state but CUDA is not available")
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
     np.random.set_state(
         (
             "MT19937",

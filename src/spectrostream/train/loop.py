@@ -534,7 +534,7 @@ def _train(
         path = ckpt.latest_checkpoint(run_dir)
         if path is None:
             raise TrainingError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
-        resume_state = ckpt.load_checkpoint(path, map_location=device)
+        resume_state = ckpt.load_checkpoint(path, map_location="cpu")
         if dinfo.main:
             print(f"resuming from {path} (step {resume_state['step']})", file=sys.stderr)
     elif ckpt.latest_checkpoint(run_dir) is not None:

@@ -1,0 +1,140 @@
+"""Training losses and discriminators: values on known inputs, float32 under autocast."""
+
+import math
+
+import pytest
+import torch
+
+from spectrostream.train.discriminators import MultiScaleSTFTDiscriminator, STFTDiscriminator
+from spectrostream.train.losses import (
+    MelSpectrogram,
+    MultiScaleMelLoss,
+    discriminator_hinge,
+    feature_matching,
+    generator_adversarial,
+    hz_to_mel,
+    mel_filterbank,
+    mel_to_hz,
+    si_sdr,
+    stft_l1,
+    waveform_l1,
+)
+
+
+def test_mel_scale_round_trip_and_htk_anchor():
+    f = torch.tensor([0.0, 700.0, 1000.0, 24000.0], dtype=torch.float64)
+    torch.testing.assert_close(mel_to_hz(hz_to_mel(f)), f)
+    assert hz_to_mel(torch.tensor(1000.0)).item() == pytest.approx(999.99, abs=0.05)
+
+
+def test_filterbank_is_triangular_and_partitions_unity():
+    fb = mel_filterbank(2048, 64)
+    assert fb.shape == (1025, 64)
+    assert fb.min() >= 0 and fb.max() <= 1 + 1e-6
+    # Consecutive triangles overlap so that between the first and last centre they sum to 1.
+    centers = fb.argmax(dim=0)
+    inner = fb[centers[0] + 1: centers[-1]].sum(dim=1)
+    torch.testing.assert_close(inner, torch.ones_like(inner), atol=1e-5, rtol=0)
+    # Each filter peaks where its centre frequency falls: peaks rise monotonically.
+    assert torch.all(centers[1:] >= centers[:-1])
+
+
+def test_mel_spectrogram_of_a_sine_peaks_at_its_band():
+    t = torch.arange(48000) / 48000
+    x = torch.sin(2 * math.pi * 1000 * t)[None, None]
+    mel = MelSpectrogram(2048, 64)(x)  # [1, 1, 64, frames]
+    band = mel[0, 0, :, 10].argmax().item()
+    fb = mel_filterbank(2048, 64)
+    expected = fb[round(1000 / (24000 / 1024))].argmax().item()
+    assert abs(band - expected) <= 1
+
+
+def test_multiscale_mel_loss_zero_on_identity_and_grows_with_error():
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(2, 2, 9600)
+    loss = MultiScaleMelLoss()
+    same = loss(x, x).item()
+    small = loss(x, x + 0.001 * torch.randn_like(x)).item()
+    big = loss(x, x + 0.05 * torch.randn_like(x)).item()
+    # sqrt(1e-8) floor of each per-frame L2 norm, times sum of alphas.
+    assert same == pytest.approx(1e-4 * sum(math.sqrt(s / 2) for s in loss_scales()), rel=1e-3)
+    assert same < small < big
+
+
+def loss_scales():
+    return (64, 128, 256, 512, 1024, 2048)
+
+
+def test_losses_are_float32_under_bf16_autocast():
+    x = 0.1 * torch.randn(1, 2, 4800)
+    y = x + 0.01 * torch.randn_like(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = [MultiScaleMelLoss()(x.bfloat16(), y.bfloat16()), stft_l1(x, y),
+                  waveform_l1(x, y), si_sdr(x, y)]
+    assert all(v.dtype == torch.float32 for v in values)
+
+
+def test_hinge_and_generator_adversarial_values():
+    real = [torch.tensor([2.0, 0.5]), torch.tensor([[1.0]])]
+    fake = [torch.tensor([-2.0, 0.0]), torch.tensor([[0.5]])]
+    # D: scale 0: relu(1-r) = [0, .5] -> .25, relu(1+f) = [0, 1] -> .5; scale 1: 0 + 1.5.
+    assert discriminator_hinge(real, fake).item() == pytest.approx(((0.25 + 0.5) + 1.5) / 2)
+    # G: relu(1 - f): scale 0 -> [3, 1] mean 2; scale 1 -> .5.
+    assert generator_adversarial(fake).item() == pytest.approx((2.0 + 0.5) / 2)
+
+
+def test_feature_matching_is_mean_l1_and_blocks_gradient_to_real():
+    r = [[torch.ones(2, 3, requires_grad=True), torch.zeros(4)]]
+    f = [[torch.zeros(2, 3, requires_grad=True), torch.full((4,), 2.0)]]
+    loss = feature_matching(r, f)
+    assert loss.item() == pytest.approx((1.0 + 2.0) / 2)
+    loss.backward()
+    assert r[0][0].grad is None and f[0][0].grad is not None
+
+
+def test_si_sdr_known_ratio_and_scale_invariance():
+    torch.manual_seed(0)
+    s = torch.randn(1, 1, 48000)
+    n = torch.randn(1, 1, 48000)
+    n = n - (n * s).sum() / (s * s).sum() * s  # orthogonal to s
+    n = n * (s.norm() / n.norm()) * 0.1  # 20 dB below
+    assert si_sdr(s, s + n).item() == pytest.approx(20.0, abs=0.01)
+    assert si_sdr(s, 3.0 * (s + n)).item() == pytest.approx(20.0, abs=0.01)
+
+
+def test_stft_l1_zero_on_identity():
+    x = torch.randn(1, 2, 4800)
+    assert stft_l1(x, x).item() == 0.0 and stft_l1(x, -x).item() > 0
+
+
+def test_discriminator_shapes_features_and_delayed_fusion():
+    torch.manual_seed(0)
+    d = STFTDiscriminator(256, audio_channels=2, base_width=4)
+    x = torch.randn(3, 2, 4800)
+    logits, feats = d(x)
+    assert logits.shape[0] == 3 and logits.shape[1] == 1
+    assert len(feats) == 7 and all(f.shape[0] == 3 for f in feats)
+    assert feats[0].shape[:3] == (3, 2, 4)  # per-channel early maps
+    # Early layers are shared per channel: swapping L and R swaps the early maps.
+    _, feats_sw = d(x.flip(1))
+    torch.testing.assert_close(feats_sw[0], feats[0].flip(1))
+    # Late layers are joint: the logits depend on the pairing of the channels.
+    mixed = torch.stack([x[:, 0], x.roll(1, 0)[:, 1]], 1)
+    assert not torch.allclose(d(mixed)[0], logits)
+
+
+def test_discriminator_examples_are_independent():
+    """GroupNorm(1, C) normalizes per example: real and fake can share one batch."""
+    torch.manual_seed(0)
+    d = MultiScaleSTFTDiscriminator((128, 512), audio_channels=2, base_width=4)
+    a, b = torch.randn(1, 2, 4800), torch.randn(1, 2, 4800)
+    together, _ = d(torch.cat([a, b]))
+    alone, _ = d(a)
+    for t, s in zip(together, alone, strict=True):
+        torch.testing.assert_close(t[:1], s, atol=1e-5, rtol=1e-5)
+
+
+def test_discriminator_rejects_wrong_channel_count():
+    d = STFTDiscriminator(128, audio_channels=2, base_width=4)
+    with pytest.raises(ValueError, match="2 channels"):
+        d(torch.randn(1, 1, 4800))
