@@ -29,8 +29,9 @@ from spectrostream.data.debian import SAMPLE_RATE, DataError, TrackRecord, load_
 
 PACK_VERSION = 1
 MIB = 2**20
-QUALITY_STEP = 0.05
-SAMPLE_EXCERPTS = 8  # excerpts encoded at several qualities to estimate the bit rate
+QUALITY_GRID = 0.01  # the quality is chosen on this grid from the sample estimate
+RETRY_STEP = 0.02  # and lowered by this much when the real total is over the cap
+SAMPLE_EXCERPTS = 12  # excerpts encoded at several qualities to estimate the bit rate
 SILENCE_DBFS = -45.0  # excerpts quieter than this are re-drawn (up to SILENCE_TRIES times)
 SILENCE_TRIES = 4
 SIZE_MARGIN = 0.97  # aim the estimate below the cap; the real total is checked anyway
@@ -176,26 +177,39 @@ def encode_vorbis(audio: np.ndarray, quality: float) -> bytes:
 def choose_quality(
     corpus_dir: Path, excerpts: Sequence[Excerpt], budget_bytes: float, options: PackOptions
 ) -> float:
-    """Highest quality (on a QUALITY_STEP grid) whose estimated total fits the budget."""
+    """Highest quality on a QUALITY_GRID grid whose estimated total fits the budget.
+
+    The estimate scales the size of SAMPLE_EXCERPTS encoded excerpts to all of them; the size
+    grows with the quality, so the grid is bisected (about 9 sample encodes).
+    """
     sample = excerpts[:: max(1, len(excerpts) // SAMPLE_EXCERPTS)][:SAMPLE_EXCERPTS]
     audio = [read_excerpt(corpus_dir, e) for e in sample]
-    sample_frames = sum(a.shape[0] for a in audio)
-    total_frames = sum(e.frames for e in excerpts)
-    grid = np.round(np.arange(0.0, options.max_quality + 1e-9, QUALITY_STEP), 4)
-    probes = sorted({0.0, 0.25, 0.5, 0.75, float(options.max_quality)})
-    estimate = {}
-    for q in probes:
-        sample_bytes = sum(len(encode_vorbis(a, q)) for a in audio)
-        estimate[q] = sample_bytes / sample_frames * total_frames
-    if estimate[0.0] > budget_bytes * HOPELESS:
+    scale = sum(e.frames for e in excerpts) / sum(a.shape[0] for a in audio)
+
+    def estimate(q: float) -> float:
+        return scale * sum(len(encode_vorbis(a, q)) for a in audio)
+
+    lowest = estimate(0.0)
+    if lowest > budget_bytes * HOPELESS:
         raise DataError(
-            f"about {estimate[0.0] / MIB:.1f} MiB of audio at the lowest Vorbis quality, but "
+            f"about {lowest / MIB:.1f} MiB of audio at the lowest Vorbis quality, but "
             f"only {budget_bytes / MIB:.1f} MiB left under --max-mib {options.max_mib}: "
             "lower --minutes"
         )
-    sizes = np.interp(grid, probes, [estimate[q] for q in probes])
-    fitting = grid[sizes <= budget_bytes * SIZE_MARGIN]
-    return float(fitting[-1]) if len(fitting) else 0.0
+    target = budget_bytes * SIZE_MARGIN
+    steps = round(options.max_quality / QUALITY_GRID)
+    if estimate(steps * QUALITY_GRID) <= target:
+        return round(steps * QUALITY_GRID, 4)
+    if lowest > target:
+        return 0.0
+    lo, hi = 0, steps  # lo fits, hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if estimate(mid * QUALITY_GRID) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return round(lo * QUALITY_GRID, 4)
 
 
 def _tsv_row(values: Sequence[object]) -> str:
@@ -323,7 +337,7 @@ def _write_staging(
                 f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
                 f"{options.max_mib}: lower --minutes"
             )
-        quality = max(0.0, round(quality - QUALITY_STEP, 4))
+        quality = max(0.0, round(quality - RETRY_STEP, 4))
 
     for name, data in zip(names, encoded, strict=True):
         path = staging / name
