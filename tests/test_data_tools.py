@@ -351,7 +351,13 @@ def test_plan_uses_every_track_before_repeating_one():
 
 
 PACK_OPTIONS = PackOptions(
-    minutes=0.25, valid_minutes=0.05, max_mib=0.4, min_excerpt_s=0.5, max_excerpt_s=1.0, seed=3
+    minutes=0.25,
+    valid_minutes=0.05,
+    max_mib=0.4,
+    min_excerpt_s=0.5,
+    max_excerpt_s=1.0,
+    seed=3,
+    sample_excerpts=4,
 )
 
 

@@ -31,7 +31,6 @@ PACK_VERSION = 1
 MIB = 2**20
 QUALITY_GRID = 0.01  # the quality is chosen on this grid from the sample estimate
 RETRY_STEP = 0.02  # and lowered by this much when the real total is over the cap
-SAMPLE_EXCERPTS = 12  # excerpts encoded at several qualities to estimate the bit rate
 SILENCE_DBFS = -45.0  # excerpts quieter than this are re-drawn (up to SILENCE_TRIES times)
 SILENCE_TRIES = 4
 SIZE_MARGIN = 0.97  # aim the estimate below the cap; the real total is checked anyway
@@ -47,12 +46,15 @@ class PackOptions:
     max_excerpt_s: float = 20.0
     seed: int = 0
     max_quality: float = 1.0  # libvorbis VBR quality, 0 (~64 kbps) .. 1 (~400 kbps)
+    sample_excerpts: int = 12  # encoded at several qualities to estimate the total size
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.valid_minutes < 0:
             raise ValueError("--minutes must be > 0 and --valid-minutes >= 0")
         if self.max_mib <= 0:
             raise ValueError("--max-mib must be > 0")
+        if self.sample_excerpts < 1:
+            raise ValueError("sample_excerpts must be >= 1")
         if not 0 < self.min_excerpt_s <= self.max_excerpt_s:
             raise ValueError("need 0 < --min-excerpt <= --max-excerpt")
 
@@ -179,10 +181,11 @@ def choose_quality(
 ) -> float:
     """Highest quality on a QUALITY_GRID grid whose estimated total fits the budget.
 
-    The estimate scales the size of SAMPLE_EXCERPTS encoded excerpts to all of them; the size
+    The estimate scales the size of `options.sample_excerpts` encoded excerpts to all of them; the size
     grows with the quality, so the grid is bisected (about 9 sample encodes).
     """
-    sample = excerpts[:: max(1, len(excerpts) // SAMPLE_EXCERPTS)][:SAMPLE_EXCERPTS]
+    n = options.sample_excerpts
+    sample = excerpts[:: max(1, len(excerpts) // n)][:n]
     audio = [read_excerpt(corpus_dir, e) for e in sample]
     scale = sum(e.frames for e in excerpts) / sum(a.shape[0] for a in audio)
 
