@@ -81,8 +81,16 @@ def synthetic_audio(batch: int, channels: int, samples: int, device: torch.devic
     return x.to(device)
 
 
-def run_one(cfg: TrainConfig, name: str, batch: int, steps: int, warmup: int,
-            device: torch.device, peak: float | None, dev_name: str) -> Result:
+def run_one(
+    cfg: TrainConfig,
+    name: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    peak: float | None,
+    dev_name: str,
+) -> Result:
     cfg = cfg.with_(data={"batch_size": batch})
     torch.manual_seed(0)
     nets = build_nets(cfg, DistInfo(0, 1, 0, device))
@@ -114,26 +122,47 @@ def run_one(cfg: TrainConfig, name: str, batch: int, steps: int, warmup: int,
     sps = steps / dt
     achieved = flops * sps / 1e12
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return Result(name, dev_name, batch, cfg.data.crop_seconds,
-                  cfg.run.bf16 and device.type == "cuda", cfg.run.channels_last,
-                  cfg.run.compile, steps, dt, sps, sps * batch * cfg.data.crop_seconds,
-                  flops / 1e12, achieved, peak, achieved / peak if peak else None, mem)
+    return Result(
+        name,
+        dev_name,
+        batch,
+        cfg.data.crop_seconds,
+        cfg.run.bf16 and device.type == "cuda",
+        cfg.run.channels_last,
+        cfg.run.compile,
+        steps,
+        dt,
+        sps,
+        sps * batch * cfg.data.crop_seconds,
+        flops / 1e12,
+        achieved,
+        peak,
+        achieved / peak if peak else None,
+        mem,
+    )
 
 
 def markdown(rows: list[Result]) -> str:
-    out = ["| config | device | batch | bf16 | channels_last | compile | audio-s/s | steps/s "
-           "| TFLOP/step | TFLOP/s | MFU | peak mem GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        (
+            "| config | device | batch | bf16 | channels_last | compile | audio-s/s | steps/s "
+            "| TFLOP/step | TFLOP/s | MFU | peak mem GiB |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.error:
-            out.append(f"| {r.config} | {r.device} | {r.batch} | | | | error: {r.error} "
-                       "| | | | | |")
+            out.append(
+                f"| {r.config} | {r.device} | {r.batch} | | | | error: {r.error} | | | | | |"
+            )
             continue
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
         mem = f"{r.max_memory_gib:.1f}" if r.max_memory_gib is not None else "n/a"
-        out.append(f"| {r.config} | {r.device} | {r.batch} | {r.bf16} | {r.channels_last} "
-                   f"| {r.compile} | {r.audio_s_per_s:.1f} | {r.steps_per_s:.3f} "
-                   f"| {r.tflop_per_step:.2f} | {r.achieved_tflops:.1f} | {mfu} | {mem} |")
+        out.append(
+            f"| {r.config} | {r.device} | {r.batch} | {r.bf16} | {r.channels_last} "
+            f"| {r.compile} | {r.audio_s_per_s:.1f} | {r.steps_per_s:.3f} "
+            f"| {r.tflop_per_step:.2f} | {r.achieved_tflops:.1f} | {mfu} | {mem} |"
+        )
     return "\n".join(out)
 
 
@@ -145,15 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last",
+        choices=["config", "on", "off"],
+        default="config",
+        help="memory format of the convs (default: the config's run.channels_last)",
+    )
     p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
     p.add_argument("--peak-tflops", type=float, help="override the device's peak (TFLOP/s)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
     cfg = TrainConfig.from_toml(args.config)
-    cfg = cfg.with_(run={"compile": args.compile, "channels_last": not args.no_channels_last,
-                         "bf16": not args.fp32, "progress": False})
+    cl = cfg.run.channels_last if args.channels_last == "config" else args.channels_last == "on"
+    cfg = cfg.with_(
+        run={"compile": args.compile, "channels_last": cl, "bf16": not args.fp32, "progress": False}
+    )
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda" if use_cuda else "cpu")
     if use_cuda:
@@ -166,15 +202,35 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = run_one(cfg, name, b, args.steps, args.warmup, device, peak, dev_name)
         except torch.OutOfMemoryError as e:
-            r = Result(name, dev_name, b, cfg.data.crop_seconds, False, False, False, 0, 0, 0,
-                       0, 0, 0, peak, None, None, error=f"out of memory ({str(e)[:60]})")
+            r = Result(
+                name,
+                dev_name,
+                b,
+                cfg.data.crop_seconds,
+                False,
+                False,
+                False,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                peak,
+                None,
+                None,
+                error=f"out of memory ({str(e)[:60]})",
+            )
         finally:
             if use_cuda:
                 torch.cuda.empty_cache()
         rows.append(r)
         print(json.dumps(asdict(r)), flush=True)
-    print(f"\npeak used for MFU: {peak} TFLOP/s dense bf16 ({dev_name})" if peak else
-          f"\nno peak known for {dev_name}: MFU not reported (use --peak-tflops)")
+    print(
+        f"\npeak used for MFU: {peak} TFLOP/s dense bf16 ({dev_name})"
+        if peak
+        else f"\nno peak known for {dev_name}: MFU not reported (use --peak-tflops)"
+    )
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -22,8 +22,14 @@ def _state(step):
     opt = torch.optim.Adam(model.parameters(), betas=(0.5, 0.9))
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    return {"step": step, "train_config": "{}", "model": model.state_dict(),
-            "opt": opt.state_dict(), "rng": [ckpt.rng_state()], "data": {"step": step}}
+    return {
+        "step": step,
+        "train_config": "{}",
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "rng": [ckpt.rng_state()],
+        "data": {"step": step},
+    }
 
 
 def test_save_prune_and_load_with_weights_only(tmp_path):
@@ -82,8 +88,9 @@ WRITER = textwrap.dedent("""
 
 def test_killed_writer_leaves_previous_checkpoint_loadable(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "half-written"
         proc.send_signal(signal.SIGKILL)

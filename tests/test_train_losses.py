@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from spectrostream.train.discriminators import MultiScaleSTFTDiscriminator, STFTDiscriminator
+from spectrostream.train.discriminators import (
+    LayerNorm2d,
+    MultiScaleSTFTDiscriminator,
+    STFTDiscriminator,
+)
 from spectrostream.train.losses import (
     MelSpectrogram,
     MultiScaleMelLoss,
@@ -33,7 +37,7 @@ def test_filterbank_is_triangular_and_partitions_unity():
     assert fb.min() >= 0 and fb.max() <= 1 + 1e-6
     # Consecutive triangles overlap so that between the first and last centre they sum to 1.
     centers = fb.argmax(dim=0)
-    inner = fb[centers[0] + 1: centers[-1]].sum(dim=1)
+    inner = fb[centers[0] + 1 : centers[-1]].sum(dim=1)
     torch.testing.assert_close(inner, torch.ones_like(inner), atol=1e-5, rtol=0)
     # Each filter peaks where its centre frequency falls: peaks rise monotonically.
     assert torch.all(centers[1:] >= centers[:-1])
@@ -69,8 +73,12 @@ def test_losses_are_float32_under_bf16_autocast():
     x = 0.1 * torch.randn(1, 2, 4800)
     y = x + 0.01 * torch.randn_like(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        values = [MultiScaleMelLoss()(x.bfloat16(), y.bfloat16()), stft_l1(x, y),
-                  waveform_l1(x, y), si_sdr(x, y)]
+        values = [
+            MultiScaleMelLoss()(x.bfloat16(), y.bfloat16()),
+            stft_l1(x, y),
+            waveform_l1(x, y),
+            si_sdr(x, y),
+        ]
     assert all(v.dtype == torch.float32 for v in values)
 
 
@@ -138,3 +146,16 @@ def test_discriminator_rejects_wrong_channel_count():
     d = STFTDiscriminator(128, audio_channels=2, base_width=4)
     with pytest.raises(ValueError, match="2 channels"):
         d(torch.randn(1, 1, 4800))
+
+
+def test_layer_norm_2d_equals_group_norm_over_all_non_batch_dims():
+    torch.manual_seed(0)
+    norm = LayerNorm2d(5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(5))
+        norm.bias.copy_(torch.randn(5))
+    x = 3 * torch.randn(2, 5, 7, 11) + 1
+    ref = torch.nn.functional.group_norm(x, 1, norm.weight, norm.bias, eps=1e-5)
+    torch.testing.assert_close(norm(x), ref, atol=1e-5, rtol=1e-5)
+    # Any number of frames: the same module normalizes a longer map.
+    assert norm(torch.randn(1, 5, 13, 11)).shape == (1, 5, 13, 11)

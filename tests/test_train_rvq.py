@@ -158,8 +158,8 @@ def test_quantized_output_uses_each_examples_levels():
     rvq.codebooks.copy_(before)
     for b in range(6):
         n = int(out.n_levels[b])
-        _, ref = rvq.quantize(emb[b: b + 1], n)
-        torch.testing.assert_close(out.quantized[b: b + 1], ref, atol=1e-5, rtol=1e-5)
+        _, ref = rvq.quantize(emb[b : b + 1], n)
+        torch.testing.assert_close(out.quantized[b : b + 1], ref, atol=1e-5, rtol=1e-5)
     # And the codes equal the inference quantizer's codes with the pre-update codebooks.
     codes, _ = rvq.quantize(emb, 4)
     assert torch.equal(out.codes, codes)

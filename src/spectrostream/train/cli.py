@@ -59,7 +59,7 @@ def _error(msg: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import TrainingError, train
+    from .loop import DivergedError, TrainingError, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -73,11 +73,11 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
         result = train(cfg, out, resume=args.resume, init=args.init)
-    except (DataError, CheckpointError, TrainConfigError) as e:
-        return _error(str(e))
-    except TrainingError as e:
+    except DivergedError as e:
         print(f"spectrostream: training stopped: {e}", file=sys.stderr)
         return 1
+    except (DataError, CheckpointError, TrainConfigError, TrainingError) as e:
+        return _error(str(e))
     except KeyboardInterrupt:
         print("spectrostream: interrupted; resume with --resume", file=sys.stderr)
         return 130

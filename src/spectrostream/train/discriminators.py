@@ -5,9 +5,12 @@ laid out [B*C, 3, frames, bins] like the codec's own spectra (time first). Delay
 the first layers run per audio channel with shared weights (channel folded into the batch),
 then the channel groups are concatenated and the late layers run jointly.
 
-Convs use symmetric zero padding. Normalization: ``GroupNorm(1, C)`` after every conv (before
-the activation) - a layer norm over all non-batch dims [C, T, F] with a per-channel affine,
-which works for any number of frames (a per-element LayerNorm would need a fixed T).
+Convs use symmetric zero padding. Normalization: ``LayerNorm2d`` after every conv (before the
+activation): a layer norm over all non-batch dims [C, T, F] with a per-channel affine (the same
+function as ``GroupNorm(1, C)``), which works for any number of frames (a per-element LayerNorm
+would need a fixed T). It is written with ``var_mean`` and elementwise ops rather than
+GroupNorm because GroupNorm(1, C) reduces each example with one thread block, runs in float32
+under autocast and was the largest single cost of a training step on an H200.
 
 Widths (W = base width, C = audio channels), frequency/time strides in brackets:
     per channel:  3 -> W (1,1), k 3x7;  W -> W (t1,f2);  W -> W (t2,f2)
@@ -34,31 +37,45 @@ def _conv(
     return nn.Conv2d(cin, cout, kernel, stride, pad)
 
 
+class LayerNorm2d(nn.Module):
+    """Normalize [B, C, T, F] over (C, T, F) per example; per-channel scale and shift.
+
+    Statistics are accumulated in float32 by ``var_mean`` whatever the input dtype; the output
+    keeps the input dtype (bf16 under autocast), so no float32 copies of the maps are made.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.to(x.dtype)[None, :, None, None]
+        return (x - mean) * scale + self.bias.to(x.dtype)[None, :, None, None]
+
+
 class _Layer(nn.Module):
-    """conv -> GroupNorm(1, C) -> LeakyReLU(0.2)."""
+    """conv -> LayerNorm2d -> LeakyReLU(0.2)."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
-        self.norm = nn.GroupNorm(1, conv.out_channels)
+        self.norm = LayerNorm2d(conv.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(self.norm(self.conv(x)), 0.2)
 
 
-class STFTDiscriminator(nn.Module):
-    """audio [B, C, T] -> (logits [B, 1, T', F'], feature maps, each with batch first).
+class ConvStack(nn.Module):
+    """[B*C, 3, T, F] spectra -> (logits [B, 1, T', F'], feature maps, batch first).
 
-    Early (per-channel) maps are [B, C, W, T', F'], late maps [B, W', T', F'].
+    Separate from the STFT so that it alone can be compiled (inductor has no complex ops).
     """
 
-    def __init__(self, window: int, audio_channels: int = 2, base_width: int = 32) -> None:
+    def __init__(self, audio_channels: int, w: int) -> None:
         super().__init__()
-        self.window, self.hop, self.audio_channels = window, window // 2, audio_channels
-        w = base_width
-        self.register_buffer(
-            "stft_window", torch.hann_window(window, periodic=True), persistent=False
-        )
         self.early = nn.ModuleList(
             [
                 _Layer(_conv(3, w, (1, 1), (3, 7))),
@@ -75,6 +92,33 @@ class STFTDiscriminator(nn.Module):
             ]
         )
         self.out = _conv(4 * w, 1, (1, 1))
+
+    def forward(self, x: torch.Tensor, b: int, c: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats: list[torch.Tensor] = []
+        for layer in self.early:
+            x = layer(x)
+            feats.append(x.reshape(b, c, *x.shape[1:]))  # batch first, for real/fake splits
+        x = x.reshape(b, c * x.shape[1], x.shape[2], x.shape[3])  # fusion
+        for layer in self.late:
+            x = layer(x)
+            feats.append(x)
+        return self.out(x), feats
+
+
+class STFTDiscriminator(nn.Module):
+    """audio [B, C, T] -> (logits [B, 1, T', F'], feature maps, each with batch first).
+
+    Early (per-channel) maps are [B, C, W, T', F'], late maps [B, W', T', F'].
+    """
+
+    def __init__(self, window: int, audio_channels: int = 2, base_width: int = 32) -> None:
+        super().__init__()
+        self.window, self.hop, self.audio_channels = window, window // 2, audio_channels
+        w = base_width
+        self.register_buffer(
+            "stft_window", torch.hann_window(window, periodic=True), persistent=False
+        )
+        self.stack = ConvStack(audio_channels, w)
 
     def spectrum(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, T] -> [B*C, 3, frames, bins] (re, im, |X|), float32."""
@@ -100,20 +144,12 @@ class STFTDiscriminator(nn.Module):
         x = self.spectrum(audio)
         if _is_cl(self):
             x = x.contiguous(memory_format=torch.channels_last)
-        feats: list[torch.Tensor] = []
-        for layer in self.early:
-            x = layer(x)
-            feats.append(x.reshape(b, c, *x.shape[1:]))  # batch first, for real/fake splits
-        x = x.reshape(b, c * x.shape[1], x.shape[2], x.shape[3])  # fusion
-        for layer in self.late:
-            x = layer(x)
-            feats.append(x)
-        return self.out(x), feats
+        return self.stack(x, b, c)
 
 
-def _is_cl(module: nn.Module) -> bool:
-    w = module.early[0].conv.weight  # type: ignore[index]
-    return w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last)
+def _is_cl(module: STFTDiscriminator) -> bool:
+    w = module.stack.early[0].conv.weight
+    return w.is_contiguous(memory_format=torch.channels_last)
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):

@@ -57,7 +57,11 @@ VALID_KBPS = (4, 8, 16)
 
 
 class TrainingError(RuntimeError):
-    """The run cannot continue (diverged, bad resume, ...); the message says why."""
+    """The run cannot start or continue (bad resume, config mismatch, ...)."""
+
+
+class DivergedError(TrainingError):
+    """A loss became NaN or Inf; the run stopped before writing another checkpoint."""
 
 
 # ---- processes and devices ------------------------------------------------------------------
@@ -193,10 +197,13 @@ def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Ne
         model.to(memory_format=torch.channels_last)
         disc.to(memory_format=torch.channels_last)
     if cfg.run.compile:
+        # Six discriminators share one code object and run with and without parameter grads:
+        # allow that many specializations instead of falling back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         model.encoder.compile()
         model.decoder.compile()
         for d in disc.discriminators:
-            d.compile()
+            d.stack.compile(dynamic=False)
     gen_step: nn.Module = GeneratorStep(model, rvq)
     disc_run: nn.Module = disc
     if dinfo.world > 1:
@@ -329,7 +336,7 @@ class StepRunner:
 
     def check_finite(self, step: int) -> None:
         if bool(self.nonfinite):
-            raise TrainingError(
+            raise DivergedError(
                 f"non-finite loss (NaN/Inf) detected by step {step}; stopping. The last "
                 "checkpoint was written before this and is intact."
             )
@@ -500,6 +507,8 @@ class TrainResult:
     step: int
     run_dir: Path
     last_checkpoint: Path | None
+    model: SpectroStream  # the trained generator (weight norm still applied)
+    quantizer_ema: QuantizerTrainer
 
 
 def train(
@@ -508,6 +517,8 @@ def train(
     """Run (or continue) training until ``cfg.optim.max_steps``. Raises TrainingError/DataError."""
     run_dir = Path(run_dir)
     dinfo = setup_distributed(cfg.run.device)
+    if dinfo.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels
     try:
         return _train(cfg, run_dir, resume, init, dinfo)
     finally:
@@ -662,7 +673,7 @@ def _train(
             bar.close()
         if writer is not None:
             writer.close()
-    return TrainResult(step, run_dir, last_ckpt)
+    return TrainResult(step, run_dir, last_ckpt, nets.model, nets.rvq)
 
 
 def _progress(cfg: TrainConfig, dinfo: DistInfo, start: int):
