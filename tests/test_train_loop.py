@@ -245,3 +245,15 @@ def test_cli_parser_wires_train_and_export(music, tmp_path):
     args = parser.parse_args(["export", str(tmp_path / "run"), "-o", str(out)])
     assert args.func is cli.run_export and args.func(args) == 0
     assert load(out).num_levels == 8
+
+
+def test_zero_adversarial_weights_skip_the_discriminator(music, tmp_path):
+    cfg = tiny(
+        music,
+        optim={"max_steps": 2},
+        loss={"adv_gen": 0.0, "adv_feat": 0.0},
+        run={"ckpt_every": 2, "log_every": 1},
+    )
+    train(cfg, tmp_path / "run")
+    s = scalars(tmp_path / "run")
+    assert "mel/loss" in s and "d/loss" not in s and "adv/gen" not in s

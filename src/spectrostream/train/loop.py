@@ -258,7 +258,9 @@ class StepRunner:
     def step(self, x: torch.Tensor, step: int) -> None:
         cfg, nets = self.cfg, self.nets
         self.set_lr(step)
-        adversarial = step >= cfg.loss.adv_start_step
+        # No discriminator work at all when both adversarial weights are 0.
+        adv_on = self.lambdas["adv/gen"] > 0 or self.lambdas["adv/feat"] > 0
+        adversarial = adv_on and step >= cfg.loss.adv_start_step
         clip = cfg.optim.grad_clip
         with _autocast(cfg, self.device):
             y, q = nets.gen_step(x)
@@ -284,7 +286,7 @@ class StepRunner:
         lam = self.lambdas
         if lam["mel/loss"] > 0:
             losses["mel/loss"] = self.mel(x_ref, y)
-        if adversarial and (lam["adv/gen"] > 0 or lam["adv/feat"] > 0):
+        if adversarial:
             nets.disc.requires_grad_(False)
             try:
                 with _autocast(cfg, self.device):
