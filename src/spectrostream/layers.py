@@ -8,12 +8,137 @@ multiples of the stride. Frequency padding for a regular conv totals k - s, spli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrizations, parametrize
 
 from .streaming import StreamingModule
+
+# CPU inference: oneDNN convolutions whose weights are reordered to oneDNN's blocked layout
+# ("prepacked") once per weight version, not on every call. Streaming runs each conv on a few
+# frames, where the per-call reorder of the weights costs more than the convolution itself.
+# ``PREPACK_CPU = False`` restores the stock per-call path (benchmark baseline).
+PREPACK_CPU = True
+_MKLDNN_OPS = all(
+    hasattr(torch.ops.mkldnn, op)
+    for op in (
+        "_convolution_pointwise",
+        "_convolution_transpose_pointwise",
+        "_reorder_convolution_weight",
+        "_reorder_convolution_transpose_weight",
+    )
+)
+
+
+def _prepacked_path(x: torch.Tensor, conv: nn.Module) -> bool:
+    """True for CPU float32 inference (no autograd) without weight-norm parametrizations."""
+    return (
+        PREPACK_CPU
+        and _MKLDNN_OPS
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and bool(torch.backends.mkldnn.enabled)
+        and not parametrize.is_parametrized(conv)
+    )
+
+
+class _PackedWeight:
+    """Prepacked copies of a conv weight, rebuilt when the weight changes (in place or moved).
+
+    oneDNN picks the blocked layout for the input shape (a 1x1 conv on one frame gets another
+    layout than on fifty), and a mismatched layout is reordered again on every call, so copies
+    are kept per input shape: the most recent ``MAX_SHAPES`` (a stream's steady step shape and
+    an offline shape). Not module tensors: no state_dict entry, nothing to deep-copy or pickle.
+    """
+
+    MAX_SHAPES = 2
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def get(
+        self,
+        w: torch.Tensor,
+        shape: tuple[int, ...],
+        pack: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        key = (w.data_ptr(), w._version, tuple(w.shape))
+        if key != self.key:
+            self.packed.clear()
+            self.key = key
+        hit = self.packed.pop(shape, None)
+        if hit is None:
+            hit = pack(w.detach().contiguous())
+            while len(self.packed) >= self.MAX_SHAPES:
+                self.packed.pop(next(iter(self.packed)))
+        self.packed[shape] = hit  # most recent last
+        return hit
+
+    def __deepcopy__(self, memo: dict) -> _PackedWeight:
+        return _PackedWeight()
+
+    def __getstate__(self) -> dict:
+        return {"key": (), "packed": {}}
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and results) with prepacked oneDNN weights for CPU inference."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._packed = _PackedWeight()
+
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.padding_mode != "zeros" or self.groups != 1 or not _prepacked_path(x, self):
+            return super()._conv_forward(x, weight, bias)
+        pad, stride, dil = list(self.padding), list(self.stride), list(self.dilation)
+        w = self._packed.get(
+            weight,
+            tuple(x.shape),
+            lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+                w, pad, stride, dil, 1, list(x.shape)
+            ),
+        )
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(), w, bias, pad, stride, dil, 1, "none", [], ""
+        )
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with prepacked oneDNN weights for CPU inference."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._packed = _PackedWeight()
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            output_size is not None
+            or any(self.output_padding)
+            or self.groups != 1
+            or not _prepacked_path(x, self)
+        ):
+            return super().forward(x, output_size)
+        pad, stride, dil = list(self.padding), list(self.stride), list(self.dilation)
+        zero = [0, 0]
+        w = self._packed.get(
+            self.weight,
+            tuple(x.shape),
+            lambda w: torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                w, pad, zero, stride, dil, 1, list(x.shape)
+            ),
+        )
+        return torch.ops.mkldnn._convolution_transpose_pointwise(
+            x.contiguous(), w, self.bias, pad, zero, stride, dil, 1, "none", [], ""
+        )
 
 
 def semicausal_left(kernel: int, stride: int) -> int:
@@ -58,7 +183,10 @@ class CausalConv2d(_TimeWindowed):
         pad_f = kf - sf
         self.pad_f = (pad_f // 2, pad_f - pad_f // 2)
         self.kernel_f, self.stride_f, self.cout = kf, sf, cout
-        self.conv = nn.Conv2d(cin, cout, kernel, stride)
+        # Symmetric frequency padding is done by the conv itself (no padded copy).
+        self.pad_inside = self.pad_f[0] == self.pad_f[1]
+        padding = (0, self.pad_f[0]) if self.pad_inside else (0, 0)
+        self.conv = Conv2d(cin, cout, kernel, stride, padding)
         if weight_norm:
             parametrizations.weight_norm(self.conv)
 
@@ -69,7 +197,7 @@ class CausalConv2d(_TimeWindowed):
         buf, n = self._window(x)
         if n == 0:
             return x.new_zeros(x.shape[0], self.cout, 0, self.out_bins(x.shape[3]))
-        if any(self.pad_f):
+        if not self.pad_inside:
             buf = F.pad(buf, self.pad_f)
         return self.conv(buf)
 
@@ -99,8 +227,16 @@ class CausalConvTranspose2d(StreamingModule):
         self.context = -(-(kt - 1) // st)
         total_f = kf + sf - 2
         left_f = kf - 1 if sf > kf - 1 else -(-total_f // 2)
-        self.crop_f = kf - 1 - left_f
-        self.conv = nn.ConvTranspose2d(cin, cout, kernel, stride)
+        crop_f = kf - 1 - left_f
+        # Only the kept output is computed: the conv's own padding crops min(left, right) on
+        # both ends of each axis, a slice the rest. Full output (time) (T_in - 1) s_t + k_t, kept
+        # from context * s_t, k_t - s_t spare on the right; (freq) crop_f left, k_f - s_f - crop_f
+        # right.
+        t0 = self.context * st
+        pad_t = min(t0, max(kt - st, 0))
+        pad_f = min(crop_f, max(kf - sf - crop_f, 0))
+        self.start_t, self.start_f = t0 - pad_t, crop_f - pad_f
+        self.conv = ConvTranspose2d(cin, cout, kernel, stride, padding=(pad_t, pad_f))
         if weight_norm:
             parametrizations.weight_norm(self.conv, dim=1)
 
@@ -114,10 +250,8 @@ class CausalConvTranspose2d(StreamingModule):
         if t == 0:
             return x.new_zeros(b, self.cout, 0, bins * self.stride_f)
         y = self.conv(buf)
-        t0 = self.context * self.stride_t
-        return y[
-            :, :, t0 : t0 + t * self.stride_t, self.crop_f : self.crop_f + bins * self.stride_f
-        ]
+        t0, f0 = self.start_t, self.start_f
+        return y[:, :, t0 : t0 + t * self.stride_t, f0 : f0 + bins * self.stride_f]
 
 
 class CausalAvgPool2d(_TimeWindowed):

@@ -17,6 +17,21 @@ class ResidualVQ(nn.Module):
         self.register_buffer(
             "codebooks", torch.randn(num_quantizers, codebook_size, dim) * scale[:, None, None]
         )
+        self._norms_key: tuple = ()
+        self._norms: list[torch.Tensor] = []
+
+    def _codebook_norms(self) -> list[torch.Tensor]:
+        """||c||^2 per level [K], cached until the codebooks change (in place, moved or replaced).
+
+        Computed level by level exactly as before caching, so distances are bit-identical.
+        """
+        cbs = self.codebooks
+        key = (cbs.data_ptr(), cbs._version, cbs.dtype, cbs.device, tuple(cbs.shape))
+        if key != self._norms_key:
+            with torch.no_grad():
+                self._norms = [(cb * cb).sum(1) for cb in cbs.float()]
+            self._norms_key = key
+        return self._norms
 
     def _levels(self, n_levels: int | None) -> int:
         n = self.num_quantizers if n_levels is None else int(n_levels)
@@ -38,9 +53,10 @@ class ResidualVQ(nn.Module):
         residual = emb.detach().float().transpose(1, 2).reshape(b * t, d)
         total = torch.zeros_like(residual)
         codes = []
+        norms = self._codebook_norms()
         for level in range(n):
             cb = self.codebooks[level].float()
-            dist = (cb * cb).sum(1) - 2.0 * residual @ cb.t()  # ||r||^2 is common to all codes
+            dist = norms[level] - 2.0 * residual @ cb.t()  # ||r||^2 is common to all codes
             idx = dist.argmin(dim=1)
             chosen = cb[idx]
             residual = residual - chosen
