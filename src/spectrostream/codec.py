@@ -22,14 +22,15 @@ from . import audio_io, bitstream
 from .audio_io import AudioError
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
-from .official import PARTS, ModelError, load_partial, parts_present
+from .official import PARTS, ModelError, parts_present
 
 FORMAT_NAME = "spectrostream"
 FORMAT_VERSION = "1"
 DEFAULT_MODEL = "default"
 MODELS_DIR = Path(__file__).parent / "models"
-# Audio per streaming step in batch and file processing (bounded memory).
-CHUNK_SAMPLES = 5 * SAMPLE_RATE
+# Audio per streaming step in batch and file processing: bounds memory (the official model's
+# activations for 2 s are about 0.7 GB; measured in docs/benchmarks.md).
+CHUNK_SAMPLES = 2 * SAMPLE_RATE
 CHUNK_FRAMES = CHUNK_SAMPLES // SAMPLES_PER_CODE
 
 ProgressFn = Callable[[int], None]
@@ -335,16 +336,20 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise ModelError(f"unknown model {name_or_path!r}; built-in models: {names or 'none'}")
 
 
-def read_model_file(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+def _open_model_file(path: Path):
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+        return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{path}: not a readable safetensors model ({e})") from e
+
+
+def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
+    """The config and metadata of a model file, checked."""
+    path = Path(path)
+    with _open_model_file(path) as f:
+        meta = f.metadata() or {}
     if meta.get("format") != FORMAT_NAME:
         raise ModelError(f"{path}: not a spectrostream model (metadata format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -353,20 +358,36 @@ def read_model_file(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, ValueError) as e:
         raise ModelError(f"{path}: bad config in metadata ({e})") from e
-    return config, state, meta
+    return config, meta
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu") -> Codec:
-    """Load a codec: a path to a .safetensors model, or a built-in name (``"default"``)."""
+    """Load a codec: a path to a .safetensors model, or a built-in name (``"default"``).
+
+    Strict: every tensor of each part the file declares must be present with its shape.
+    Tensors are copied into the model one at a time, so loading needs little extra memory.
+    """
     path = resolve_model_path(name_or_path)
-    config, state, meta = read_model_file(path)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    config, meta = read_model_meta(path)
     model = SpectroStream(config)
-    parts = parts_present(state)
-    declared = tuple(p for p in meta.get("parts", ",".join(PARTS)).split(",") if p)
-    if parts != declared:
-        raise ModelError(f"{path}: metadata declares parts {declared} but holds {parts}")
-    load_partial(model, state)
+    own = model.state_dict()
+    with _open_model_file(path) as f:
+        keys = list(f.keys())  # noqa: SIM118 (safe_open has no __iter__)
+        parts = parts_present(dict.fromkeys(keys))
+        declared = tuple(p for p in meta.get("parts", ",".join(PARTS)).split(",") if p)
+        if parts != declared:
+            raise ModelError(f"{path}: metadata declares parts {declared} but holds {parts}")
+        expected = {k for k in own if k.split(".", 1)[0] in parts}
+        missing, unexpected = sorted(expected - set(keys)), sorted(set(keys) - set(own))
+        if missing or unexpected:
+            raise ModelError(f"{path}: weights do not match the model: missing {missing[:5]} "
+                             f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for k in keys:
+                shape = tuple(f.get_slice(k).get_shape())
+                if shape != tuple(own[k].shape):
+                    raise ModelError(f"{path}: {k} has shape {shape}, the model {tuple(own[k].shape)}")
+                own[k].copy_(f.get_tensor(k))
     return Codec(model.to(device), model_id=meta.get("model_id"), parts=parts)
 
 
