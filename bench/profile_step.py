@@ -1,0 +1,81 @@
+"""Where the time of one 40 ms streaming step goes (encoder push + decoder push), by operator.
+
+    python bench/profile_step.py --config official --threads 1 --steps 6
+Prints a breakdown by category (convolutions, transposed convolutions, RVQ search, buffer
+copies, ELU, the rest) in ms per step, and the slowest operator/shape pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from spectrostream import layers
+from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config
+from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
+
+CATEGORIES = (
+    ("conv2d", ("convolution_pointwise", "mkldnn_convolution", "slow_conv2d", "thnn_conv2d")),
+    ("conv_transpose2d", ("convolution_transpose", "slow_conv_transpose2d", "_convolution")),
+    ("RVQ search (mm/argmin)", ("aten::mm", "aten::argmin")),
+    ("state concat (cat)", ("aten::cat",)),
+    ("copies (contiguous/pad)", ("aten::copy_", "constant_pad_nd")),
+    ("ELU", ("aten::elu",)),
+    ("FFT", ("fft",)),
+)
+
+
+def category(name: str) -> str:
+    for label, keys in CATEGORIES:
+        if any(k in name for k in keys):
+            return label
+    return "other"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=("official", "small"), default="official")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6, help="profiled steps (after 4 warm-up steps)")
+    p.add_argument("--no-prepack", action="store_true")
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    layers.PREPACK_CPU = not args.no_prepack
+    torch.manual_seed(0)
+    cfg = official_config() if args.config == "official" else small_config()
+    model = SpectroStream(cfg).eval()
+    n = SAMPLES_PER_CODE
+    audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 4) * n)
+    with torch.inference_mode(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
+        for i in range(4):
+            dec.push(enc.push(audio[..., i * n : (i + 1) * n]))
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for i in range(4, 4 + args.steps):
+                dec.push(enc.push(audio[..., i * n : (i + 1) * n]))
+    events = prof.key_averages(group_by_input_shape=True)
+    per_cat: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for e in events:
+        per_cat[category(e.key)] += e.self_cpu_time_total
+        total += e.self_cpu_time_total
+    print(
+        f"{args.config}, {args.threads} thread(s), prepack={not args.no_prepack}: "
+        f"{total / 1e3 / args.steps:.1f} ms per step (profiler overhead included)"
+    )
+    print("| category | ms / step | share |\n|---|---:|---:|")
+    for label, us in sorted(per_cat.items(), key=lambda kv: -kv[1]):
+        print(f"| {label} | {us / 1e3 / args.steps:.1f} | {100 * us / total:.0f}% |")
+    print("\n| operator | input shapes | ms / step |\n|---|---|---:|")
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
+    for e in top:
+        shapes = ", ".join(str(s) for s in e.input_shapes[:2] if s)
+        print(f"| {e.key} | {shapes} | {e.self_cpu_time_total / 1e3 / args.steps:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
