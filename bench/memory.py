@@ -5,7 +5,8 @@
 Writes a synthetic stereo FLAC (tones + noise, 44.1 kHz so the resampler is exercised), saves a
 randomly initialised model of the chosen config (random weights: the cost is the same as trained
 ones; never shipped), runs `spectrostream encode` and `decode` under /usr/bin/time -v-like
-accounting (resource.getrusage of the child) and prints peak RSS and wall time.
+accounting (resource.getrusage of the child, plus a trace of its RSS every 10 s written to
+WORKDIR/encode_trace.json) and prints peak RSS and wall time.
 """
 
 from __future__ import annotations
@@ -40,14 +41,35 @@ def write_long_file(path: Path, minutes: float, sr: int = 44100) -> None:
             f.write(np.stack([left, right], 1).astype(np.float32))
 
 
-def run(cmd: list[str]) -> dict:
+def _status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def run(cmd: list[str], trace_file: Path | None = None, sample_s: float = 10.0) -> dict:
+    """Run a child, sampling its RSS (and peak) every ``sample_s`` seconds into a trace."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     t0 = time.time()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, env=env)
+    child = subprocess.Popen(cmd, env=env)
+    trace = []
+    while child.poll() is None:
+        time.sleep(sample_s)
+        rss, hwm = _status_kib(child.pid, "VmRSS"), _status_kib(child.pid, "VmHWM")
+        if rss is not None:
+            trace.append({"t_s": round(time.time() - t0, 1), "rss_mib": rss / 1024,
+                          "peak_mib": hwm / 1024})
+            if trace_file is not None:
+                trace_file.write_text(json.dumps(trace))
+    if child.returncode != 0:
+        raise SystemExit(f"{cmd} failed with {child.returncode}")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"wall_s": time.time() - t0, "peak_rss_mib": peak_kib / 1024,
-            "peak_before_mib": before / 1024}
+            "samples": len(trace), "trace_file": str(trace_file) if trace_file else None}
 
 
 def main() -> None:
@@ -74,12 +96,13 @@ def main() -> None:
     result = {"config": args.config, "minutes": args.minutes, "levels": args.levels,
               "load_avg": os.getloadavg()}
     result["encode"] = run([*exe, "encode", str(audio), str(work / "long.ssc"),
-                            "--levels", str(args.levels), "--model", str(model)])
+                            "--levels", str(args.levels), "--model", str(model)],
+                           trace_file=work / "encode_trace.json")
     if not args.skip_decode:
         # ru_maxrss of children is the max over all children so far: decode runs after encode,
         # so report it only if it exceeds the encode peak.
         result["decode"] = run([*exe, "decode", str(work / "long.ssc"), str(work / "out.flac"),
-                                "--model", str(model)])
+                                "--model", str(model)], trace_file=work / "decode_trace.json")
     print(json.dumps(result, indent=2))
 
 

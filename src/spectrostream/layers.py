@@ -33,10 +33,16 @@ _MKLDNN_OPS = all(
 )
 
 
+# Only short inputs (streaming steps) use prepacked copies: for long chunks the per-call reorder
+# is amortised, and the copies would add up to the model's size to the peak memory of file coding.
+PREPACK_MAX_FRAMES = 16
+
+
 def _prepacked_path(x: torch.Tensor, conv: nn.Module) -> bool:
-    """True for CPU float32 inference (no autograd) without weight-norm parametrizations."""
+    """True for short CPU float32 inference inputs (no autograd), without weight norm."""
     return (
         PREPACK_CPU
+        and x.shape[-2] <= PREPACK_MAX_FRAMES
         and _MKLDNN_OPS
         and x.device.type == "cpu"
         and x.dtype == torch.float32
