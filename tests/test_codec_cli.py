@@ -128,8 +128,10 @@ def test_save_load_strict(codec, model_file, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable"):
         load(tmp_path / "junk.safetensors")
-    with pytest.raises(ModelError, match="no default model"):
-        load("default")
+    with pytest.raises(ModelError, match="unknown model 'no-such-model'"):
+        load("no-such-model")
+    with pytest.raises(ModelError, match="no such model file"):
+        load(tmp_path / "missing.safetensors")
 
 
 def test_file_streaming_equals_in_memory(codec, tmp_path):
@@ -228,7 +230,7 @@ def test_cli_user_errors_exit_2(model_file, tmp_path, capsys):
          "--model", str(model_file)],
         ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"),
          "--model", str(model_file)],
-        ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc")],  # no default model
+        ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"), "--model", "nosuch"],
         ["decode", str(tmp_path / "t.txt"), str(tmp_path / "o.wav"), "--model", str(model_file)],
         ["info", str(tmp_path / "t.txt")],
         ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"),
@@ -239,8 +241,8 @@ def test_cli_user_errors_exit_2(model_file, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("spectrostream: error: ") and "Traceback" not in err, err
     assert not (tmp_path / "o.ssc").exists()  # no partial output left behind
-    r = run_cli("encode", tmp_path / "three.wav", tmp_path / "o.ssc")
-    assert r.returncode == 2 and b"no default model" in r.stderr and b"Traceback" not in r.stderr
+    r = run_cli("encode", tmp_path / "three.wav", tmp_path / "o.ssc", "--model", model_file)
+    assert r.returncode == 2 and b"3 channels" in r.stderr and b"Traceback" not in r.stderr
 
 
 def test_package_api_names():
