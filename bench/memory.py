@@ -61,15 +61,20 @@ def run(cmd: list[str], trace_file: Path | None = None, sample_s: float = 10.0) 
         time.sleep(sample_s)
         rss, hwm = _status_kib(child.pid, "VmRSS"), _status_kib(child.pid, "VmHWM")
         if rss is not None:
-            trace.append({"t_s": round(time.time() - t0, 1), "rss_mib": rss / 1024,
-                          "peak_mib": hwm / 1024})
+            trace.append(
+                {"t_s": round(time.time() - t0, 1), "rss_mib": rss / 1024, "peak_mib": hwm / 1024}
+            )
             if trace_file is not None:
                 trace_file.write_text(json.dumps(trace))
     if child.returncode != 0:
         raise SystemExit(f"{cmd} failed with {child.returncode}")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"wall_s": time.time() - t0, "peak_rss_mib": peak_kib / 1024,
-            "samples": len(trace), "trace_file": str(trace_file) if trace_file else None}
+    return {
+        "wall_s": time.time() - t0,
+        "peak_rss_mib": peak_kib / 1024,
+        "samples": len(trace),
+        "trace_file": str(trace_file) if trace_file else None,
+    }
 
 
 def main() -> None:
@@ -93,16 +98,32 @@ def main() -> None:
     torch.manual_seed(0)
     ss.Codec(ss.SpectroStream(cfg[args.config]())).save(model)
     exe = [sys.executable, "-m", "spectrostream"]
-    result = {"config": args.config, "minutes": args.minutes, "levels": args.levels,
-              "load_avg": os.getloadavg()}
-    result["encode"] = run([*exe, "encode", str(audio), str(work / "long.ssc"),
-                            "--levels", str(args.levels), "--model", str(model)],
-                           trace_file=work / "encode_trace.json")
+    result = {
+        "config": args.config,
+        "minutes": args.minutes,
+        "levels": args.levels,
+        "load_avg": os.getloadavg(),
+    }
+    result["encode"] = run(
+        [
+            *exe,
+            "encode",
+            str(audio),
+            str(work / "long.ssc"),
+            "--levels",
+            str(args.levels),
+            "--model",
+            str(model),
+        ],
+        trace_file=work / "encode_trace.json",
+    )
     if not args.skip_decode:
         # ru_maxrss of children is the max over all children so far: decode runs after encode,
         # so report it only if it exceeds the encode peak.
-        result["decode"] = run([*exe, "decode", str(work / "long.ssc"), str(work / "out.flac"),
-                                "--model", str(model)], trace_file=work / "decode_trace.json")
+        result["decode"] = run(
+            [*exe, "decode", str(work / "long.ssc"), str(work / "out.flac"), "--model", str(model)],
+            trace_file=work / "decode_trace.json",
+        )
     print(json.dumps(result, indent=2))
 
 

@@ -43,8 +43,10 @@ def model_file(codec, tmp_path_factory):
 def tone(sr=44100, seconds=1.5, channels=2, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(sr * seconds)) / sr
-    x = [0.3 * np.sin(2 * np.pi * (330 + 110 * c) * t) + 0.05 * rng.standard_normal(len(t))
-         for c in range(channels)]
+    x = [
+        0.3 * np.sin(2 * np.pi * (330 + 110 * c) * t) + 0.05 * rng.standard_normal(len(t))
+        for c in range(channels)
+    ]
     return np.stack(x).astype(np.float32)
 
 
@@ -69,7 +71,7 @@ def test_compress_decompress_restores_rate_length_channels(codec):
         data = codec.compress(x, sr, levels=4)
         y, out_sr = codec.decompress(data)
         assert out_sr == sr and y.shape == x.shape
-        h, codes = bitstream.decode_stream(data)
+        h, _ = bitstream.decode_stream(data)
         assert (h.sample_rate, h.channels, h.num_samples, h.num_levels) == (sr, ch, x.shape[1], 4)
     y96, sr96 = codec.decompress(data, sample_rate=16000)
     assert sr96 == 16000 and y96.shape == (2, int(0.7 * 16000))
@@ -84,12 +86,15 @@ def test_mono_is_dual_mono(codec):
     assert torch.allclose(y[0], full.mean(0), atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((3, 4800), np.float32), "3 channels"),
-    (np.zeros((2, 0), np.float32), "no samples"),
-    (np.full((2, 4800), np.nan, np.float32), "NaN"),
-    (np.zeros((1, 1, 1, 10), np.float32), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((3, 4800), np.float32), "3 channels"),
+        (np.zeros((2, 0), np.float32), "no samples"),
+        (np.full((2, 4800), np.nan, np.float32), "NaN"),
+        (np.zeros((1, 1, 1, 10), np.float32), "shape"),
+    ],
+)
 def test_bad_audio_is_a_clear_error(codec, bad, match):
     with pytest.raises(AudioError, match=match):
         codec.encode(bad, 48000)
@@ -151,29 +156,90 @@ def test_file_streaming_equals_in_memory(codec, tmp_path):
 # ---- command line --------------------------------------------------------------------------
 def run_cli(*args, stdin=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run([sys.executable, "-m", "spectrostream", *map(str, args)], input=stdin,
-                          capture_output=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "spectrostream", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_file_round_trip_info_transcode(model_file, tmp_path):
     x = tone(seconds=2.0)
     sf.write(tmp_path / "in.flac", x.T, 44100)
-    assert main(["encode", str(tmp_path / "in.flac"), str(tmp_path / "a.ssc"),
-                 "--model", str(model_file)]) == 0
-    assert main(["encode", str(tmp_path / "in.flac"), str(tmp_path / "b.ssc"), "--kbps", "1",
-                 "--model", str(model_file)]) == 0
-    assert main(["transcode", str(tmp_path / "a.ssc"), str(tmp_path / "c.ssc"),
-                 "--kbps", "1"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(tmp_path / "in.flac"),
+                str(tmp_path / "a.ssc"),
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "encode",
+                str(tmp_path / "in.flac"),
+                str(tmp_path / "b.ssc"),
+                "--kbps",
+                "1",
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
+    assert main(["transcode", str(tmp_path / "a.ssc"), str(tmp_path / "c.ssc"), "--kbps", "1"]) == 0
     assert (tmp_path / "b.ssc").read_bytes() == (tmp_path / "c.ssc").read_bytes()
-    assert main(["decode", str(tmp_path / "b.ssc"), str(tmp_path / "out.wav"),
-                 "--model", str(model_file)]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "b.ssc"),
+                str(tmp_path / "out.wav"),
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
     y, sr = sf.read(tmp_path / "out.wav")
     assert sr == 44100 and y.shape == x.T.shape
-    assert main(["decode", str(tmp_path / "b.ssc"), str(tmp_path / "o48.flac"), "--sr", "48000",
-                 "--model", str(model_file)]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "b.ssc"),
+                str(tmp_path / "o48.flac"),
+                "--sr",
+                "48000",
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
     assert sf.info(str(tmp_path / "o48.flac")).samplerate == 48000
-    assert main(["roundtrip", str(tmp_path / "in.flac"), str(tmp_path / "rt.wav"),
-                 "--levels", "4", "--model", str(model_file)]) == 0
+    assert (
+        main(
+            [
+                "roundtrip",
+                str(tmp_path / "in.flac"),
+                str(tmp_path / "rt.wav"),
+                "--levels",
+                "4",
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
     assert sf.info(str(tmp_path / "rt.wav")).frames == x.shape[1]
     r = run_cli("info", tmp_path / "b.ssc")
     assert r.returncode == 0 and b"44100" in r.stdout and b"4 " in r.stdout
@@ -199,13 +265,28 @@ def test_cli_directory_mirrors_tree_and_shards(model_file, tmp_path, monkeypatch
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(src / rel, tone(seconds=0.5).T, 44100)
     (src / "notes.txt").write_text("not audio")
-    assert main(["encode", str(src), str(tmp_path / "codes"), "--levels", "2",
-                 "--model", str(model_file)]) == 0
-    got = sorted(p.relative_to(tmp_path / "codes").as_posix()
-                 for p in (tmp_path / "codes").rglob("*.ssc"))
+    assert (
+        main(
+            [
+                "encode",
+                str(src),
+                str(tmp_path / "codes"),
+                "--levels",
+                "2",
+                "--model",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
+    got = sorted(
+        p.relative_to(tmp_path / "codes").as_posix() for p in (tmp_path / "codes").rglob("*.ssc")
+    )
     assert got == ["a.ssc", "sub/b.ssc", "sub/deeper/c.ssc"]
-    assert main(["decode", str(tmp_path / "codes"), str(tmp_path / "wav"),
-                 "--model", str(model_file)]) == 0
+    assert (
+        main(["decode", str(tmp_path / "codes"), str(tmp_path / "wav"), "--model", str(model_file)])
+        == 0
+    )
     assert len(list((tmp_path / "wav").rglob("*.wav"))) == 3
     # torchrun-style sharding: ranks split the files, together they cover all of them.
     shards = []
@@ -213,8 +294,9 @@ def test_cli_directory_mirrors_tree_and_shards(model_file, tmp_path, monkeypatch
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         out = tmp_path / f"rank{rank}"
-        assert main(["encode", str(src), str(out), "--levels", "2",
-                     "--model", str(model_file)]) == 0
+        assert (
+            main(["encode", str(src), str(out), "--levels", "2", "--model", str(model_file)]) == 0
+        )
         shards.append({p.relative_to(out).as_posix() for p in out.rglob("*.ssc")})
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(got)
 
@@ -226,15 +308,30 @@ def test_cli_user_errors_exit_2(model_file, tmp_path, capsys):
     sf.write(tmp_path / "three.wav", x.T, 44100)
     cases = [
         ["encode", str(tmp_path / "t.wav"), str(tmp_path / "o.ssc"), "--model", str(model_file)],
-        ["encode", str(tmp_path / "missing.wav"), str(tmp_path / "o.ssc"),
-         "--model", str(model_file)],
-        ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"),
-         "--model", str(model_file)],
+        [
+            "encode",
+            str(tmp_path / "missing.wav"),
+            str(tmp_path / "o.ssc"),
+            "--model",
+            str(model_file),
+        ],
+        [
+            "encode",
+            str(tmp_path / "three.wav"),
+            str(tmp_path / "o.ssc"),
+            "--model",
+            str(model_file),
+        ],
         ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"), "--model", "nosuch"],
         ["decode", str(tmp_path / "t.txt"), str(tmp_path / "o.wav"), "--model", str(model_file)],
         ["info", str(tmp_path / "t.txt")],
-        ["encode", str(tmp_path / "three.wav"), str(tmp_path / "o.ssc"),
-         "--model", str(tmp_path / "nope.safetensors")],
+        [
+            "encode",
+            str(tmp_path / "three.wav"),
+            str(tmp_path / "o.ssc"),
+            "--model",
+            str(tmp_path / "nope.safetensors"),
+        ],
     ]
     for argv in cases:
         assert main(argv) == 2, argv

@@ -46,11 +46,21 @@ def test_cli_without_model_argument(tmp_path):
     sf.write(tmp_path / "song.flac", x, 44100)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     run = [sys.executable, "-m", "spectrostream"]
-    enc = subprocess.run([*run, "encode", str(tmp_path / "song.flac"), str(tmp_path / "song.ssc")],
-                         capture_output=True, env=env, timeout=300)
+    enc = subprocess.run(
+        [*run, "encode", str(tmp_path / "song.flac"), str(tmp_path / "song.ssc")],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert enc.returncode == 0, enc.stderr
-    dec = subprocess.run([*run, "decode", str(tmp_path / "song.ssc"), "-"],
-                         capture_output=True, env=env, timeout=300)
+    dec = subprocess.run(
+        [*run, "decode", str(tmp_path / "song.ssc"), "-"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert dec.returncode == 0, dec.stderr
     y, sr = sf.read(io.BytesIO(dec.stdout))
     assert sr == 44100 and y.shape == x.shape

@@ -38,14 +38,32 @@ def official(parity_dir, tmp_path_factory):
     save_file(enc, str(d / "encoder.safetensors"))
     save_file(ck, str(d / "mrt2_base.safetensors"))
     out = d / "model.safetensors"
-    assert main(["convert-official", "--encoder", str(d / "encoder.safetensors"),
-                 "--checkpoint", str(d / "mrt2_base.safetensors"), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--encoder",
+                str(d / "encoder.safetensors"),
+                "--checkpoint",
+                str(d / "mrt2_base.safetensors"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     codec = load(out)
     fx = dict(np.load(parity_dir / "spectrostream_parity_fixture.npz"))
     audio = torch.from_numpy(fx["audio_in"]).permute(0, 2, 1)  # [1, 2, T]
     assert np.array_equal(make_audio(), fx["audio_in"])
-    return {"manifest": manifest, "params": params, "codec": codec, "fx": fx, "audio": audio,
-            "dir": d}
+    return {
+        "manifest": manifest,
+        "params": params,
+        "codec": codec,
+        "fx": fx,
+        "audio": audio,
+        "dir": d,
+    }
 
 
 def test_generated_weights_match_manifest(official):
@@ -79,8 +97,11 @@ def test_encoder_intermediates(official, parity_dir):
         key = name.replace(".", "__")
         for k in (key, key + "__conv"):
             if k in heads.files:
-                hooks.append(mod.register_forward_hook(
-                    lambda _m, _i, out, k=k: acts.__setitem__(k, out.detach())))
+                hooks.append(
+                    mod.register_forward_hook(
+                        lambda _m, _i, out, k=k: acts.__setitem__(k, out.detach())
+                    )
+                )
     with torch.no_grad():
         emb = m.encode_embeddings(official["audio"])
         m.decoder(m.quantizer.decode(torch.from_numpy(official["fx"]["codes_64"]).permute(0, 2, 1)))
@@ -112,8 +133,10 @@ def test_embeddings_codes_and_audio(official):
             assert out.shape == (1, 46080, 2)
             assert rel(out, fx[f"audio_out_{n}"]) < 1e-4
         spec = m.trim(m.decoder(torch.from_numpy(fx["deq_64"]).permute(0, 2, 1)))
-        assert rel(spec.permute(0, 3, 4, 1, 2).reshape(1, 96, 480, 4).numpy(),
-                   fx["dec_spec_64"]) < 1e-4
+        assert (
+            rel(spec.permute(0, 3, 4, 1, 2).reshape(1, 96, 480, 4).numpy(), fx["dec_spec_64"])
+            < 1e-4
+        )
         cont = m.decode_embeddings(torch.from_numpy(fx["enc_emb"]).permute(0, 2, 1))
         assert rel(cont.permute(0, 2, 1).numpy(), fx["audio_out_cont"]) < 1e-4
         # Residual norms before each level and after the last.
@@ -130,7 +153,7 @@ def test_streaming_matches_official_step_mode(official):
     """1920-sample blocks plus two blocks of zeros, one code frame per decoder step."""
     m, fx = official["codec"].model, official["fx"]
     audio = official["audio"]
-    blocks = [audio[..., i: i + 1920] for i in range(0, 48000, 1920)]
+    blocks = [audio[..., i : i + 1920] for i in range(0, 48000, 1920)]
     blocks += [torch.zeros(1, 2, 1920)] * 2
     per_step = []
     with torch.no_grad(), StreamingEncoder(m) as enc:
@@ -144,7 +167,7 @@ def test_streaming_matches_official_step_mode(official):
     assert set(diff.tolist()) <= {f for f, _ in SMALL_MARGIN}
     codes = torch.from_numpy(fx["codes_64"]).permute(0, 2, 1).long()
     with torch.no_grad(), StreamingDecoder(m) as dec:
-        out = torch.cat([dec.push(codes[..., j: j + 1]) for j in range(25)], -1)
+        out = torch.cat([dec.push(codes[..., j : j + 1]) for j in range(25)], -1)
     ref_audio = fx["stream_audio_out_64"][:, 1920:]
     assert fx["stream_audio_mask"][0, 1920:].all()
     assert rel(out.permute(0, 2, 1).numpy(), ref_audio) < 1e-4
@@ -152,8 +175,18 @@ def test_streaming_matches_official_step_mode(official):
 
 def test_partial_models(official, tmp_path):
     d = official["dir"]
-    assert main(["convert-official", "--checkpoint", str(d / "mrt2_base.safetensors"),
-                 "-o", str(tmp_path / "dec.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(d / "mrt2_base.safetensors"),
+                "-o",
+                str(tmp_path / "dec.safetensors"),
+            ]
+        )
+        == 0
+    )
     dec = load(tmp_path / "dec.safetensors")
     assert dec.parts == ("quantizer", "decoder")
     codes = torch.from_numpy(official["fx"]["codes_64"]).permute(0, 2, 1)
@@ -163,12 +196,32 @@ def test_partial_models(official, tmp_path):
 
     with pytest.raises(ModelError, match="needs encoder"):
         dec.encode(np.zeros((2, 4800), np.float32), 48000)
-    assert main(["convert-official", "--encoder", str(d / "encoder.safetensors"),
-                 "-o", str(tmp_path / "enc.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--encoder",
+                str(d / "encoder.safetensors"),
+                "-o",
+                str(tmp_path / "enc.safetensors"),
+            ]
+        )
+        == 0
+    )
     enc = load(tmp_path / "enc.safetensors")
     assert enc.parts == ("encoder",)
     with pytest.raises(ModelError, match="needs quantizer"):
         enc.decode(codes)
     # A user mistake on the command line is one line and exit status 2.
-    assert main(["convert-official", "--encoder", str(tmp_path / "nope.safetensors"),
-                 "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "convert-official",
+                "--encoder",
+                str(tmp_path / "nope.safetensors"),
+                "-o",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )

@@ -52,7 +52,7 @@ def test_stream_equals_offline(model, chunk):
         with StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
             pos = 0
             for n in _chunks(x.shape[-1], chunk):
-                c = enc.push(x[..., pos: pos + n])
+                c = enc.push(x[..., pos : pos + n])
                 pos += n
                 codes.append(c)
                 audio.append(dec.push(c))
@@ -73,8 +73,10 @@ def test_decoder_stream_any_code_chunking(model, frames):
         codes = model.encode(x, 5)
         ref = model.decode(codes)
         with StreamingDecoder(model) as dec:
-            out = torch.cat([dec.push(codes[..., i: i + frames])
-                             for i in range(0, codes.shape[-1], frames)], -1)
+            out = torch.cat(
+                [dec.push(codes[..., i : i + frames]) for i in range(0, codes.shape[-1], frames)],
+                -1,
+            )
     assert out.shape == ref.shape
     assert (out - ref).abs().max() < 1e-5
 
@@ -85,7 +87,7 @@ def test_latency_is_two_code_frames(model):
     produced = []
     with torch.no_grad(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
         for k in range(x.shape[-1] // SAMPLES_PER_CODE):
-            block = x[..., k * SAMPLES_PER_CODE: (k + 1) * SAMPLES_PER_CODE]
+            block = x[..., k * SAMPLES_PER_CODE : (k + 1) * SAMPLES_PER_CODE]
             produced.append(dec.push(enc.push(block)).shape[-1])
     total = np.cumsum(produced)
     # After k + 1 blocks (k = 0, 1, ...): blocks 0 .. k - 2 are out.
@@ -105,10 +107,10 @@ def test_causality_prefix(model):
         ax, ay = model.decode(cx), model.decode(cy)
     j_ok = (p - 2400) // 1920  # frames 0 .. j_ok have 1920 j + 2399 < p
     assert torch.equal(cx[..., : j_ok + 1], cy[..., : j_ok + 1])
-    assert not torch.equal(cx[..., j_ok + 1:], cy[..., j_ok + 1:])
+    assert not torch.equal(cx[..., j_ok + 1 :], cy[..., j_ok + 1 :])
     n_ok = j_ok * 1920  # samples in blocks 0 .. j_ok - 1 need codes up to j_ok
     assert torch.allclose(ax[..., :n_ok], ay[..., :n_ok], atol=1e-6)
-    assert not torch.allclose(ax[..., n_ok + 1920:], ay[..., n_ok + 1920:], atol=1e-4)
+    assert not torch.allclose(ax[..., n_ok + 1920 :], ay[..., n_ok + 1920 :], atol=1e-4)
 
 
 def test_state_snapshot_and_restore(model):

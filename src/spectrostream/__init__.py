@@ -5,5 +5,15 @@ from .config import ModelConfig, official_config, small_config, tiny_config
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder
 
 __version__ = "0.1.0"
-__all__ = ["Codec", "ModelConfig", "SpectroStream", "StreamingDecoder", "StreamingEncoder",
-           "load", "official_config", "small_config", "tiny_config", "__version__"]
+__all__ = [
+    "Codec",
+    "ModelConfig",
+    "SpectroStream",
+    "StreamingDecoder",
+    "StreamingEncoder",
+    "__version__",
+    "load",
+    "official_config",
+    "small_config",
+    "tiny_config",
+]

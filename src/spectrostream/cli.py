@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -77,8 +76,10 @@ def _pairs(src: str, dst: str, want: Callable[[Path], bool], suffix: str) -> lis
         if not files:
             raise AudioError(f"{src}: no matching files below this directory")
         rank, world = _rank_world()
-        return [(str(f), str(Path(dst) / f.relative_to(p).with_suffix(suffix)))
-                for f in files[rank::world]]
+        return [
+            (str(f), str(Path(dst) / f.relative_to(p).with_suffix(suffix)))
+            for f in files[rank::world]
+        ]
     return [(src, dst)]
 
 
@@ -89,13 +90,23 @@ def _levels_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
-                   help="model .safetensors path or built-in name (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model .safetensors path or built-in name (default: %(default)s)",
+    )
 
 
 def _progress(total: int | None, desc: str, unit: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None, leave=False,
-                file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        disable=None,
+        leave=False,
+        file=sys.stderr,
+    )
 
 
 # ---- encode / decode / roundtrip ----------------------------------------------------------
@@ -126,8 +137,11 @@ def _audio_out(path: str):
 
 
 def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
-    with (_open_in(src) as f, _progress(None, Path(src).name, "frame") as bar,
-          _audio_out(dst) as out):
+    with (
+        _open_in(src) as f,
+        _progress(None, Path(src).name, "frame") as bar,
+        _audio_out(dst) as out,
+    ):
         codec.decode_file(f, out, sample_rate=sr, progress=bar.update)
 
 
@@ -167,8 +181,11 @@ def run_roundtrip(args: argparse.Namespace) -> int:
             header = codec.decode_file(buf, out, sample_rate=args.sr)
         if header.num_samples:
             secs = header.num_samples / header.sample_rate
-            print(f"{src}: {size} bytes, {8 * size / secs / 1000:.2f} kbps actual, "
-                  f"{header.num_levels} levels", file=sys.stderr)
+            print(
+                f"{src}: {size} bytes, {8 * size / secs / 1000:.2f} kbps actual, "
+                f"{header.num_levels} levels",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -190,12 +207,19 @@ def run_transcode(args: argparse.Namespace) -> int:
         per_level = bitstream.kbps_for_levels(1, h.frame_rate, h.codebook_size)
         levels = args.levels if args.levels is not None else int(args.kbps / per_level + 1e-9)
         if not 1 <= levels <= h.num_levels:
-            raise UsageError(f"the file has {h.num_levels} levels ({per_level:g} kbps each); "
-                             f"cannot keep {levels}")
+            raise UsageError(
+                f"the file has {h.num_levels} levels ({per_level:g} kbps each); "
+                f"cannot keep {levels}"
+            )
         new = bitstream.StreamHeader(
-            sample_rate=h.sample_rate, channels=h.channels, num_samples=h.num_samples,
-            num_levels=levels, frame_rate=h.frame_rate, codebook_size=h.codebook_size,
-            model_id=h.model_id)
+            sample_rate=h.sample_rate,
+            channels=h.channels,
+            num_samples=h.num_samples,
+            num_levels=levels,
+            frame_rate=h.frame_rate,
+            codebook_size=h.codebook_size,
+            model_id=h.model_id,
+        )
         with _open_out(args.output) as fout:
             writer = bitstream.StreamWriter(fout, new)
             for codes in reader:
@@ -211,8 +235,9 @@ def run_convert_official(args: argparse.Namespace) -> int:
     model, parts = import_official(args.encoder, args.checkpoint)
     codec = Codec(model, parts=parts)
     codec.save(args.output, fp16=args.fp16)
-    print(f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}",
-          file=sys.stderr)
+    print(
+        f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}", file=sys.stderr
+    )
     return 0
 
 
@@ -220,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo).")
+        prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo)."
+    )
     parser.add_argument("--version", action="version", version=f"spectrostream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -47,8 +47,9 @@ def _state_model_id(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
 class Codec:
     """A SpectroStream model ready to code audio. ``parts`` names the halves it holds."""
 
-    def __init__(self, model: SpectroStream, model_id: str | None = None,
-                 parts: tuple[str, ...] = PARTS) -> None:
+    def __init__(
+        self, model: SpectroStream, model_id: str | None = None, parts: tuple[str, ...] = PARTS
+    ) -> None:
         fold_weight_norm(model)
         self.model = model.eval()
         self.config = model.config
@@ -90,7 +91,8 @@ class Codec:
             raise ModelError(
                 f"this model holds only {', '.join(self.parts)}; this operation needs "
                 f"{', '.join(missing)} (convert the official weights with both --encoder and "
-                "--checkpoint for a full codec)")
+                "--checkpoint for a full codec)"
+            )
 
     # ---- audio preparation --------------------------------------------------------------
     def _to_model_channels(self, x: np.ndarray, name: str = "audio") -> np.ndarray:
@@ -102,7 +104,8 @@ class Codec:
             return np.repeat(x, self.channels, axis=0)
         raise AudioError(
             f"{name}: {c} channels; this model codes {self.channels} "
-            f"(mono is coded as dual-mono); downmix first")
+            f"(mono is coded as dual-mono); downmix first"
+        )
 
     @staticmethod
     def _check_audio(x: np.ndarray, name: str = "audio") -> None:
@@ -113,8 +116,9 @@ class Codec:
 
     # ---- streaming cores ----------------------------------------------------------------
     @torch.inference_mode()
-    def _encode_stream(self, blocks: Iterable[np.ndarray], levels: int,
-                       batch: int = 1) -> Iterator[np.ndarray]:
+    def _encode_stream(
+        self, blocks: Iterable[np.ndarray], levels: int, batch: int = 1
+    ) -> Iterator[np.ndarray]:
         """48 kHz blocks [B, C, n] (model channels) -> code chunks [B, L, m], flushed at the end."""
         self._need("encoder", "quantizer")
         with StreamingEncoder(self.model, levels) as enc:
@@ -133,16 +137,17 @@ class Codec:
         with StreamingDecoder(self.model) as dec:
             for codes in chunks:
                 if codes.shape[1] > self.num_levels:
-                    raise ModelError(f"codes have {codes.shape[1]} levels, the model {self.num_levels}")
+                    raise ModelError(
+                        f"codes have {codes.shape[1]} levels, the model {self.num_levels}"
+                    )
                 if codes.size and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
                     raise ModelError(f"codes must be in 0..{self.config.codebook_size - 1}")
                 for i in range(0, codes.shape[-1], CHUNK_FRAMES):
-                    part = torch.from_numpy(np.ascontiguousarray(codes[..., i:i + CHUNK_FRAMES]))
+                    part = torch.from_numpy(np.ascontiguousarray(codes[..., i : i + CHUNK_FRAMES]))
                     yield dec.push(part.long().to(self.device)).cpu().numpy()
 
     # ---- array API ----------------------------------------------------------------------
-    def _prepare_batch(self, audio: np.ndarray | torch.Tensor, sample_rate: int
-                       ) -> np.ndarray:
+    def _prepare_batch(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
         x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         if x.ndim == 2:
             x = x[None]
@@ -152,16 +157,23 @@ class Codec:
             raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
         x = x.astype(np.float32, copy=False)
         self._check_audio(x)
-        items = [self._to_model_channels(audio_io.resample(item, int(sample_rate), SAMPLE_RATE))
-                 for item in x]
+        items = [
+            self._to_model_channels(audio_io.resample(item, int(sample_rate), SAMPLE_RATE))
+            for item in x
+        ]
         return np.stack(items)
 
-    def encode(self, audio: np.ndarray | torch.Tensor, sample_rate: int,
-               kbps: float | None = None, levels: int | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        audio: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        kbps: float | None = None,
+        levels: int | None = None,
+    ) -> torch.Tensor:
         """audio [B, C, T] or [C, T] at any rate -> codes int64 [B, L, ceil(T48 / 1920) + 1]."""
         n = self.levels_for(kbps, levels)
         x = self._prepare_batch(audio, sample_rate)
-        blocks = (x[..., i:i + CHUNK_SAMPLES] for i in range(0, x.shape[-1], CHUNK_SAMPLES))
+        blocks = (x[..., i : i + CHUNK_SAMPLES] for i in range(0, x.shape[-1], CHUNK_SAMPLES))
         return torch.from_numpy(np.concatenate(list(self._encode_stream(blocks, n, len(x))), -1))
 
     def decode(self, codes: torch.Tensor | np.ndarray, length: int | None = None) -> torch.Tensor:
@@ -175,15 +187,26 @@ class Codec:
         return torch.from_numpy(out[..., :length] if length is not None else out)
 
     # ---- bytes API ----------------------------------------------------------------------
-    def _header(self, sample_rate: int, channels: int, num_samples: int | None,
-                levels: int) -> bitstream.StreamHeader:
+    def _header(
+        self, sample_rate: int, channels: int, num_samples: int | None, levels: int
+    ) -> bitstream.StreamHeader:
         return bitstream.StreamHeader(
-            sample_rate=int(sample_rate), channels=int(channels), num_samples=num_samples,
-            num_levels=levels, frame_rate=CODE_RATE_HZ, codebook_size=self.config.codebook_size,
-            model_id=self.model_id)
+            sample_rate=int(sample_rate),
+            channels=int(channels),
+            num_samples=num_samples,
+            num_levels=levels,
+            frame_rate=CODE_RATE_HZ,
+            codebook_size=self.config.codebook_size,
+            model_id=self.model_id,
+        )
 
-    def compress(self, audio: np.ndarray | torch.Tensor, sample_rate: int,
-                 kbps: float | None = None, levels: int | None = None) -> bytes:
+    def compress(
+        self,
+        audio: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        kbps: float | None = None,
+        levels: int | None = None,
+    ) -> bytes:
         """audio [C, T] -> .ssc bytes (original rate, channel count and length recorded)."""
         x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         if x.ndim == 1:
@@ -198,19 +221,21 @@ class Codec:
         if header.codebook_size != self.config.codebook_size or header.frame_rate != CODE_RATE_HZ:
             raise bitstream.BitstreamError(
                 f"file uses {header.codebook_size} codes at {header.frame_rate} Hz; this model "
-                f"{self.config.codebook_size} at {CODE_RATE_HZ} Hz")
+                f"{self.config.codebook_size} at {CODE_RATE_HZ} Hz"
+            )
         if header.num_levels > self.num_levels:
             raise bitstream.BitstreamError(
-                f"file has {header.num_levels} levels; this model has {self.num_levels}")
+                f"file has {header.num_levels} levels; this model has {self.num_levels}"
+            )
         if header.channels > self.channels:
             raise bitstream.BitstreamError(
-                f"file has {header.channels} channels; this model codes {self.channels}")
+                f"file has {header.channels} channels; this model codes {self.channels}"
+            )
 
     def _restore(self, x48: np.ndarray, channels: int) -> np.ndarray:
         return x48.mean(axis=0, keepdims=True) if channels == 1 and x48.shape[0] != 1 else x48
 
-    def decompress(self, data: bytes, sample_rate: int | None = None
-                   ) -> tuple[torch.Tensor, int]:
+    def decompress(self, data: bytes, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
         """.ssc bytes -> (audio [C, T] float32, rate): the original rate, length and channels
         unless ``sample_rate`` asks for another rate."""
         header, codes = bitstream.decode_stream(data, expected_model_id=self.model_id)
@@ -226,9 +251,14 @@ class Codec:
         return torch.from_numpy(np.ascontiguousarray(out)), sr
 
     # ---- file streaming (bounded memory) -------------------------------------------------
-    def encode_file(self, src: str | Path, dst: BinaryIO, kbps: float | None = None,
-                    levels: int | None = None, progress: ProgressFn | None = None
-                    ) -> bitstream.StreamHeader:
+    def encode_file(
+        self,
+        src: str | Path,
+        dst: BinaryIO,
+        kbps: float | None = None,
+        levels: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> bitstream.StreamHeader:
         """Encode an audio file (or "-") to an open binary output, block by block."""
         n = self.levels_for(kbps, levels)
         reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
@@ -236,10 +266,13 @@ class Codec:
             if reader.channels not in (1, self.channels):
                 raise AudioError(
                     f"{reader.name}: {reader.channels} channels; this model codes "
-                    f"{self.channels} (mono is coded as dual-mono); downmix first")
+                    f"{self.channels} (mono is coded as dual-mono); downmix first"
+                )
             header = self._header(reader.sample_rate, reader.channels, reader.num_frames, n)
             writer = bitstream.StreamWriter(dst, header)
-            resampler = audio_io.StreamingResampler(reader.sample_rate, SAMPLE_RATE, reader.channels)
+            resampler = audio_io.StreamingResampler(
+                reader.sample_rate, SAMPLE_RATE, reader.channels
+            )
             total = 0
 
             def blocks() -> Iterator[np.ndarray]:
@@ -259,9 +292,14 @@ class Codec:
             writer.close(total)
         return header
 
-    def decode_file(self, src: BinaryIO, dst: str | Path, sample_rate: int | None = None,
-                    progress: ProgressFn | None = None, subtype: str | None = None
-                    ) -> bitstream.StreamHeader:
+    def decode_file(
+        self,
+        src: BinaryIO,
+        dst: str | Path,
+        sample_rate: int | None = None,
+        progress: ProgressFn | None = None,
+        subtype: str | None = None,
+    ) -> bitstream.StreamHeader:
         """Decode an .ssc stream (open binary input) to an audio file (or "-"), packet by packet."""
         reader = bitstream.StreamReader(src, expected_model_id=self.model_id)
         header = reader.header
@@ -280,6 +318,7 @@ class Codec:
                 yield codes[None]
 
         with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
+
             def emit(block: np.ndarray, final: bool) -> None:
                 nonlocal pending, written
                 pending = np.concatenate([pending, self._restore(block, header.channels)], axis=1)
@@ -294,7 +333,8 @@ class Codec:
                 emit(resampler.process(audio48[0]), final=False)
             want = audio_io.resampled_length(reader.num_samples, header.sample_rate, sr)
             pending = np.concatenate(
-                [pending, self._restore(resampler.flush(), header.channels)], axis=1)
+                [pending, self._restore(resampler.flush(), header.channels)], axis=1
+            )
             last = pending[:, : max(0, want - written)]
             if last.shape[1] < want - written:
                 last = np.pad(last, ((0, 0), (0, want - written - last.shape[1])))
@@ -307,13 +347,20 @@ class Codec:
         """Write safetensors with the config JSON, model id and parts in the metadata."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                 if k.split(".", 1)[0] in self.parts}
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.model.state_dict().items()
+            if k.split(".", 1)[0] in self.parts
+        }
         if fp16:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "config": self.config.to_json(), "model_id": self.model_id,
-                "parts": ",".join(self.parts)}
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_json(),
+            "model_id": self.model_id,
+            "parts": ",".join(self.parts),
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path), metadata=meta)
@@ -329,7 +376,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     if str(name_or_path) == DEFAULT_MODEL:
         raise ModelError(
             "no default model is installed with this package; pass --model PATH "
-            "(a .safetensors from `spectrostream export` or `spectrostream convert-official`)")
+            "(a .safetensors from `spectrostream export` or `spectrostream convert-official`)"
+        )
     if p.suffix or "/" in str(name_or_path):
         raise ModelError(f"{name_or_path}: no such model file")
     names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
@@ -351,7 +399,9 @@ def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     with _open_model_file(path) as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT_NAME:
-        raise ModelError(f"{path}: not a spectrostream model (metadata format={meta.get('format')!r})")
+        raise ModelError(
+            f"{path}: not a spectrostream model (metadata format={meta.get('format')!r})"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}: unsupported model format version {meta.get('format_version')!r}")
     try:
@@ -372,7 +422,7 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = 
     model = SpectroStream(config)
     own = model.state_dict()
     with _open_model_file(path) as f:
-        keys = list(f.keys())  # noqa: SIM118 (safe_open has no __iter__)
+        keys = list(f.keys())
         parts = parts_present(dict.fromkeys(keys))
         declared = tuple(p for p in meta.get("parts", ",".join(PARTS)).split(",") if p)
         if parts != declared:
@@ -380,18 +430,28 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = 
         expected = {k for k in own if k.split(".", 1)[0] in parts}
         missing, unexpected = sorted(expected - set(keys)), sorted(set(keys) - set(own))
         if missing or unexpected:
-            raise ModelError(f"{path}: weights do not match the model: missing {missing[:5]} "
-                             f"unexpected {unexpected[:5]}")
+            raise ModelError(
+                f"{path}: weights do not match the model: missing {missing[:5]} "
+                f"unexpected {unexpected[:5]}"
+            )
         with torch.no_grad():
             for k in keys:
                 shape = tuple(f.get_slice(k).get_shape())
                 if shape != tuple(own[k].shape):
-                    raise ModelError(f"{path}: {k} has shape {shape}, the model {tuple(own[k].shape)}")
+                    raise ModelError(
+                        f"{path}: {k} has shape {shape}, the model {tuple(own[k].shape)}"
+                    )
                 own[k].copy_(f.get_tensor(k))
     return Codec(model.to(device), model_id=meta.get("model_id"), parts=parts)
 
 
 def model_summary(codec: Codec) -> str:
-    return json.dumps({"model_id": codec.model_id, "parts": codec.parts,
-                       "parameters": codec.model.num_parameters(),
-                       "config": codec.config.to_dict()}, indent=2)
+    return json.dumps(
+        {
+            "model_id": codec.model_id,
+            "parts": codec.parts,
+            "parameters": codec.model.num_parameters(),
+            "config": codec.config.to_dict(),
+        },
+        indent=2,
+    )

@@ -5,6 +5,8 @@ Offline and streaming share one code path: offline is a stream fed a single chun
 
 from __future__ import annotations
 
+from typing import Self
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,7 +119,7 @@ class StreamingEncoder:
                 set_streaming(m, False)
             self.closed = True
 
-    def __enter__(self) -> StreamingEncoder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,7 +163,7 @@ class StreamingDecoder:
                 set_streaming(m, False)
             self.closed = True
 
-    def __enter__(self) -> StreamingDecoder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
