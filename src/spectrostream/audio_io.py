@@ -530,7 +530,8 @@ def _check_rates(sr_in: int, sr_out: int) -> None:
         raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
 
 
-def _fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
+def fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
+    """[C, T] cut or zero-padded to [C, frames]."""
     if audio.shape[1] > frames:
         return audio[:, :frames]
     if audio.shape[1] < frames:
@@ -549,7 +550,7 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return audio
     out = soxr.resample(audio.T, sr_in, sr_out, quality=_RESAMPLE_QUALITY)
     out = np.ascontiguousarray(np.asarray(out, dtype=np.float32).T)
-    return _fit_length(out, resampled_length(audio.shape[1], sr_in, sr_out))
+    return fit_length(out, resampled_length(audio.shape[1], sr_in, sr_out))
 
 
 class StreamingResampler:
@@ -605,7 +606,7 @@ class StreamingResampler:
             raise RuntimeError(
                 f"soxr emitted {-wanted} frames more than {self._frames_out + wanted} before flush"
             )
-        out = _fit_length(out, wanted)
+        out = fit_length(out, wanted)
         self._frames_out += out.shape[1]
         return out
 

@@ -244,10 +244,9 @@ class Codec:
         # Resample everything decoded, then cut: the same samples as the streaming decode_file.
         x48 = self.decode(codes[None])[0].numpy()
         out = self._restore(audio_io.resample(x48, SAMPLE_RATE, sr), header.channels)
-        want = audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
-        out = out[:, :want]
-        if out.shape[1] < want:
-            out = np.pad(out, ((0, 0), (0, want - out.shape[1])))
+        out = audio_io.fit_length(
+            out, audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
+        )
         return torch.from_numpy(np.ascontiguousarray(out)), sr
 
     # ---- file streaming (bounded memory) -------------------------------------------------
@@ -318,28 +317,19 @@ class Codec:
                 yield codes[None]
 
         with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
-
-            def emit(block: np.ndarray, final: bool) -> None:
-                nonlocal pending, written
-                pending = np.concatenate([pending, self._restore(block, header.channels)], axis=1)
-                keep = 0 if final else holdback
-                if pending.shape[1] > keep:
-                    cut = pending.shape[1] - keep
+            for audio48 in self._decode_stream(packets()):
+                block = self._restore(resampler.process(audio48[0]), header.channels)
+                pending = np.concatenate([pending, block], axis=1)
+                cut = pending.shape[1] - holdback
+                if cut > 0:
                     out.write(pending[:, :cut])
                     written += cut
                     pending = pending[:, cut:]
-
-            for audio48 in self._decode_stream(packets()):
-                emit(resampler.process(audio48[0]), final=False)
-            want = audio_io.resampled_length(reader.num_samples, header.sample_rate, sr)
-            pending = np.concatenate(
+            tail = np.concatenate(
                 [pending, self._restore(resampler.flush(), header.channels)], axis=1
             )
-            last = pending[:, : max(0, want - written)]
-            if last.shape[1] < want - written:
-                last = np.pad(last, ((0, 0), (0, want - written - last.shape[1])))
-            pending = np.zeros((header.channels, 0), dtype=np.float32)
-            emit(last, final=True)
+            want = audio_io.resampled_length(reader.num_samples, header.sample_rate, sr)
+            out.write(audio_io.fit_length(tail, max(0, want - written)))
         return header
 
     # ---- persistence --------------------------------------------------------------------

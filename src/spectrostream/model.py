@@ -66,7 +66,37 @@ class SpectroStream(nn.Module):
         return sum(t.numel() for t in self.state_dict().values())
 
 
-class StreamingEncoder:
+class _Stream:
+    """Turns streaming on for ``modules`` until ``close()``; one open stream per module."""
+
+    kind = "stream"
+
+    def __init__(self, modules: tuple[nn.Module, ...]) -> None:
+        if any(is_streaming(m) for m in modules):
+            raise RuntimeError(f"this model already has an open streaming {self.kind}")
+        self._modules = modules
+        for m in modules:
+            set_streaming(m, True)
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"streaming {self.kind} is closed")
+
+    def close(self) -> None:
+        if not self.closed:
+            for m in self._modules:
+                set_streaming(m, False)
+            self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamingEncoder(_Stream):
     """Audio chunks of any size in, codes out as soon as their input has arrived.
 
     Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``flush()``
@@ -74,21 +104,16 @@ class StreamingEncoder:
     ``model.encode(all_audio)``.
     """
 
+    kind = "encoder"
+
     def __init__(self, model: SpectroStream, n_levels: int | None = None) -> None:
+        super().__init__((model.stft, model.encoder))
         self.model, self.n_levels = model, n_levels
-        self._modules = (model.stft, model.encoder)
-        for m in self._modules:
-            if is_streaming(m):
-                raise RuntimeError("this model already has an open streaming encoder")
-        for m in self._modules:
-            set_streaming(m, True)
         self.samples_in = 0
-        self.closed = False
 
     def push_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> embeddings [B, D, m] for the code frames completed by this chunk."""
-        if self.closed:
-            raise RuntimeError("streaming encoder is closed")
+        self._check_open()
         self.samples_in += audio.shape[-1]
         spec = self.model.stft(audio)
         if spec.shape[3] == 0:  # no new STFT frame: nothing downstream can change
@@ -113,61 +138,31 @@ class StreamingEncoder:
         channels = self.model.config.audio_channels if channels is None else channels
         return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.n_levels)
 
-    def close(self) -> None:
-        if not self.closed:
-            for m in self._modules:
-                set_streaming(m, False)
-            self.closed = True
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class StreamingDecoder:
+class StreamingDecoder(_Stream):
     """Code frames in, audio out: after code frame j arrives, samples up to 1920 j are final.
 
     The first code frame only primes the look-ahead, so N frames give (N - 1) * 1920 samples,
     equal to ``model.decode`` of the same codes.
     """
 
+    kind = "decoder"
+
     def __init__(self, model: SpectroStream) -> None:
+        super().__init__((model.decoder, model.trim, model.istft))
         self.model = model
-        self._modules = (model.decoder, model.trim, model.istft)
-        for m in self._modules:
-            if is_streaming(m):
-                raise RuntimeError("this model already has an open streaming decoder")
-        for m in self._modules:
-            set_streaming(m, True)
-        self.closed = False
 
     def push_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.closed:
-            raise RuntimeError("streaming decoder is closed")
+        self._check_open()
         return self.model.decode_embeddings(emb)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call)."""
         if codes.shape[-1] == 0:  # nothing new: the state cannot change
-            if self.closed:
-                raise RuntimeError("streaming decoder is closed")
+            self._check_open()
             c = self.model.config.audio_channels
             return torch.zeros(codes.shape[0], c, 0, device=codes.device)
         return self.push_embeddings(self.model.quantizer.decode(codes))
-
-    def close(self) -> None:
-        if not self.closed:
-            for m in self._modules:
-                set_streaming(m, False)
-            self.closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def fold_weight_norm(model: nn.Module) -> nn.Module:

@@ -155,23 +155,19 @@ def stft_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     b, c, t = x.shape
     with fp32(x.device):
         window = torch.hann_window(N_FFT, periodic=True, device=x.device)
-        sx = torch.stft(
-            x.float().reshape(b * c, t),
-            N_FFT,
-            HOP_SAMPLES,
-            window=window,
-            center=False,
-            return_complex=True,
-        )
-        sy = torch.stft(
-            y.float().reshape(b * c, t),
-            N_FFT,
-            HOP_SAMPLES,
-            window=window,
-            center=False,
-            return_complex=True,
-        )
-        return (torch.view_as_real(sx) - torch.view_as_real(sy)).abs().mean()
+
+        def spec(a: torch.Tensor) -> torch.Tensor:
+            z = torch.stft(
+                a.float().reshape(b * c, t),
+                N_FFT,
+                HOP_SAMPLES,
+                window=window,
+                center=False,
+                return_complex=True,
+            )
+            return torch.view_as_real(z)
+
+        return (spec(x) - spec(y)).abs().mean()
 
 
 def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
