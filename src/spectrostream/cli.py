@@ -97,6 +97,26 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
+    )
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec import load
+
+    return load(args.model, device=args.device, dtype=args.dtype)
+
+
 def _progress(total: int | None, desc: str, unit: str) -> tqdm:
     return tqdm(
         total=total,
@@ -146,9 +166,7 @@ def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, bitstream.SUFFIX)
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _encode_one(codec, src, dst, args.kbps, args.levels)
@@ -156,9 +174,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, lambda f: f.suffix == bitstream.SUFFIX, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _decode_one(codec, src, dst, args.sr)
@@ -168,9 +184,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_roundtrip(args: argparse.Namespace) -> int:
     import io
 
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         buf = io.BytesIO()
@@ -255,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=".ssc file, directory, or - for stdout")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_encode)
 
     p = sub.add_parser("decode", help=".ssc file or directory -> audio")
@@ -262,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="audio file (.wav/.flac/.ogg), directory, or - (WAV on stdout)")
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_decode)
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
@@ -270,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_roundtrip)
 
     p = sub.add_parser("info", help="describe an .ssc file")
