@@ -113,8 +113,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 def _load_codec(args: argparse.Namespace):
     from .codec import load
+    from .device import rank_device
 
-    return load(args.model, device=args.device, dtype=args.dtype)
+    return load(args.model, device=rank_device(args.device), dtype=args.dtype)
 
 
 def _progress(total: int | None, desc: str, unit: str) -> tqdm:
@@ -203,6 +204,35 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tokenize(args: argparse.Namespace) -> int:
+    from .tokenize import TokenizeError, tokenize
+
+    codec = _load_codec(args)
+    rank, world = _rank_world()
+    try:
+        report = tokenize(
+            codec,
+            args.input,
+            args.output,
+            codec.levels_for(args.kbps, args.levels),
+            batch=args.batch,
+            workers=args.workers,
+            shard_files=args.shard_files,
+            rank=rank,
+            world=world,
+        )
+    except TokenizeError as e:
+        raise UsageError(str(e)) from e
+    print(
+        f"{args.output}: {report.shards_written} shards written, {report.shards_skipped} already "
+        f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
+        file=sys.stderr,
+    )
+    for name, error in report.failed:
+        print(f"could not read {name}: {error}", file=sys.stderr)
+    return 0
+
+
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
     with _open_in(args.input) as f:
@@ -288,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     _device_args(p)
     p.set_defaults(func=run_roundtrip)
+
+    p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
+    p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
+    p.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    _levels_args(p)
+    _model_arg(p)
+    _device_args(p)
+    p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
+    p.add_argument("--workers", type=int, default=4, help="audio decoding processes (default: 4)")
+    p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
+    p.set_defaults(func=run_tokenize)
 
     p = sub.add_parser("info", help="describe an .ssc file")
     p.add_argument("input")

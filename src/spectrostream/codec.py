@@ -432,31 +432,19 @@ class Codec:
     ) -> bitstream.StreamHeader:
         """Encode an audio file (or "-") to an open binary output, block by block."""
         n = self.levels_for(kbps, levels)
-        reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
-        with reader:
-            if reader.channels not in (1, self.channels):
-                raise AudioError(
-                    f"{reader.name}: {reader.channels} channels; this model codes "
-                    f"{self.channels} (mono is coded as dual-mono); downmix first"
-                )
+        with open_for_model(src, self.channels) as reader:
             header = self._header(reader.sample_rate, reader.channels, reader.num_frames, n)
             writer = bitstream.StreamWriter(dst, header)
-            resampler = audio_io.StreamingResampler(
-                reader.sample_rate, SAMPLE_RATE, reader.channels
-            )
             total = 0
 
-            def blocks() -> Iterator[np.ndarray]:
+            def count(frames: int) -> None:
                 nonlocal total
-                for block in reader:
-                    total += block.shape[1]
-                    if progress is not None:
-                        progress(block.shape[1])
-                    yield self._to_model_channels(resampler.process(block), reader.name)[None]
-                tail = resampler.flush()
-                yield self._to_model_channels(tail, reader.name)[None]
+                total += frames
+                if progress is not None:
+                    progress(frames)
 
-            for codes in self._encode_stream(blocks(), n):
+            blocks = (b[None] for b in model_blocks(reader, self.channels, count))
+            for codes in self._encode_stream(blocks, n):
                 writer.write(codes[0])
             if total == 0:
                 raise AudioError(f"{reader.name}: no samples")
@@ -526,6 +514,48 @@ class Codec:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path), metadata=meta)
+
+
+def open_for_model(src: str | Path, channels: int) -> audio_io.AudioReader:
+    """Open an audio file (or "-") for a model coding ``channels`` channels (mono or that many)."""
+    reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
+    if reader.channels not in (1, channels):
+        reader.close()
+        raise AudioError(
+            f"{reader.name}: {reader.channels} channels; this model codes "
+            f"{channels} (mono is coded as dual-mono); downmix first"
+        )
+    return reader
+
+
+def model_blocks(
+    reader: audio_io.AudioReader, channels: int, progress: ProgressFn | None = None
+) -> Iterator[np.ndarray]:
+    """The audio a model codes, block by block: 48 kHz [channels, n], mono as dual-mono.
+
+    ``progress`` gets the number of source frames of each block read.
+    """
+    resampler = audio_io.StreamingResampler(reader.sample_rate, SAMPLE_RATE, reader.channels)
+
+    def fit(x: np.ndarray) -> np.ndarray:
+        return x if x.shape[0] == channels else np.repeat(x, channels, axis=0)
+
+    for block in reader:
+        if progress is not None:
+            progress(block.shape[1])
+        yield fit(resampler.process(block))
+    yield fit(resampler.flush())
+
+
+def read_for_model(src: str | Path, channels: int) -> tuple[np.ndarray, audio_io.AudioInfo]:
+    """A whole file as ``encode_file`` codes it: (48 kHz [channels, T48], the source's info with
+    the number of frames actually read)."""
+    frames = [0]
+    with open_for_model(src, channels) as reader:
+        x = np.concatenate(list(model_blocks(reader, channels, frames.append)), axis=1)
+        n, sr = sum(frames), reader.sample_rate
+        info = audio_io.AudioInfo(sr, reader.channels, n, n / sr, reader.format)
+    return x, info
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:

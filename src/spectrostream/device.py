@@ -11,6 +11,7 @@ treatment, so fp32 codes do not depend on global precision switches.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -56,6 +57,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ModelError(f"unsupported device {device!r}; use one of {', '.join(DEVICES)}")
     return dev
+
+
+def rank_device(device: str) -> str:
+    """Under torchrun (LOCAL_RANK set) with CUDA, ``auto``/``cuda`` name this rank's own GPU."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(local)}"
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None = "fp32") -> torch.dtype:
