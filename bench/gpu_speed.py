@@ -65,9 +65,14 @@ def make_codec(args: argparse.Namespace, dtype: str, channels_last: bool, compil
     return codec
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls after one warm-up call, and the last result."""
+def timed(fn, device: torch.device, repeats: int, warmup: int) -> tuple[float, float, object]:
+    """(first call's wall time, best of ``repeats`` calls after ``warmup`` calls, last result)."""
+    t = time.perf_counter()
     out = fn()
+    sync(device)
+    first = time.perf_counter() - t
+    for _ in range(warmup - 1):
+        fn()
     sync(device)
     best = float("inf")
     for _ in range(repeats):
@@ -75,7 +80,7 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
         out = fn()
         sync(device)
         best = min(best, time.perf_counter() - t)
-    return best, out
+    return first, best, out
 
 
 def clips_for(batch: int, seconds: float, channels: int) -> list[np.ndarray]:
@@ -99,11 +104,18 @@ def run_case(args, dtype: str, channels_last: bool, compiled: bool, reference: d
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            enc_s, codes = timed(
-                lambda c=clips, b=batch: codec.encode_clips(c, levels, b), device, args.repeats
+            # torch.compile compiles during the first calls (several shapes per streaming run).
+            warm = 3 if compiled else 1
+            enc_first, enc_s, codes = timed(
+                lambda c=clips, b=batch: codec.encode_clips(c, levels, b),
+                device,
+                args.repeats,
+                warm,
             )
             stacked = torch.from_numpy(np.stack(codes))
-            dec_s, _ = timed(lambda s=stacked: codec.decode(s), device, args.repeats)
+            dec_first, dec_s, _ = timed(
+                lambda s=stacked: codec.decode(s), device, args.repeats, warm
+            )
         except torch.OutOfMemoryError:
             rows.append({"batch": batch, "dtype": dtype, "error": "out of memory"})
             torch.cuda.empty_cache()
@@ -118,6 +130,7 @@ def run_case(args, dtype: str, channels_last: bool, compiled: bool, reference: d
                 "mode": "compile" if compiled else "eager",
                 "dtype": dtype,
                 "channels_last": channels_last,
+                "first_call_s": {"tokenize": enc_first, "decode": dec_first},
                 "tokenize_audio_s_per_s": audio_s / enc_s,
                 "decode_audio_s_per_s": audio_s / dec_s,
                 "codes_equal_to_eager_fp32": None
@@ -157,13 +170,41 @@ def speed(args: argparse.Namespace) -> dict:
     return {"machine": machine(device), "config": args.model or args.config, "rows": rows}
 
 
+def latents(codec: Codec, clips: list[np.ndarray]) -> list[torch.Tensor]:
+    """The encoder's output for each clip, as ``encode`` quantizes it ([1, D, frames])."""
+    pad = codec_mod.SAMPLES_PER_CODE
+    with torch.inference_mode():
+        return [
+            codec.model.encode_embeddings(
+                torch.nn.functional.pad(torch.from_numpy(x)[None].to(codec.device), (0, pad))
+            ).float()
+            for x in clips
+        ]
+
+
+def rvq_error(codec: Codec, codes: list[np.ndarray], target: list[torch.Tensor]) -> list[float]:
+    """||target - embed(codes[:l])|| / ||target|| over all clips, for l = 1..levels."""
+    err = np.zeros(codec.num_levels)
+    cb = codec.codebooks
+    for c, z in zip(codes, target, strict=True):
+        residual = z[0].clone()  # [D, frames]
+        for lv in range(codec.num_levels):
+            residual -= cb[lv][torch.from_numpy(c[lv]).to(cb.device)].T
+            err[lv] += float(residual.square().sum())
+    total = sum(float(z.square().sum()) for z in target)
+    return np.sqrt(err / total).tolist()
+
+
 def agreement(args: argparse.Namespace) -> dict:
-    """Per RVQ level: fraction of code frames equal to fp32's, over all files below the folder."""
+    """Per RVQ level: fraction of code frames equal to fp32's over all files below the folder, and
+    how well each set of codes approximates the fp32 latent."""
     ref = load(args.model or "default", device=args.device)
     names = list_audio(args.agreement)
     clips = [read_for_model(Path(args.agreement) / n, ref.channels)[0] for n in names]
     want = ref.encode_clips(clips, ref.num_levels, batch_size=1)
+    z32 = latents(ref, clips)
     out = {"machine": machine(ref.device), "model": ref.model_id, "files": names}
+    out["fp32"] = {"rvq_error": rvq_error(ref, want, z32)}
     frames = sum(w.shape[1] for w in want)
     for dtype in args.dtypes:
         if dtype == "fp32":
@@ -174,10 +215,14 @@ def agreement(args: argparse.Namespace) -> dict:
         elapsed = time.perf_counter() - t
         same = np.concatenate([g == w for g, w in zip(got, want, strict=True)], axis=1)
         prefix = np.cumprod(same, axis=0)  # frame agrees on levels 1..l
+        zd = latents(codec, clips)
+        diff = sum(float((a - b).square().sum()) for a, b in zip(zd, z32, strict=True))
         out[dtype] = {
             "frames": frames,
             "level_equal": same.mean(axis=1).tolist(),
             "prefix_equal": prefix.mean(axis=1).tolist(),
+            "latent_rel_diff": (diff / sum(float(z.square().sum()) for z in z32)) ** 0.5,
+            "rvq_error": rvq_error(ref, got, z32),
             "encode_s": elapsed,
         }
     return out
@@ -206,19 +251,24 @@ def table(result: dict) -> str:
 
 
 def agreement_table(result: dict) -> str:
-    dtypes = [k for k in result if isinstance(result[k], dict) and "level_equal" in result[k]]
-    head = "| level | " + " | ".join(f"{d} equal | {d} levels 1..l equal" for d in dtypes) + " |"
-    lines = [head, "|---:|" + "---:|---:|" * len(dtypes)]
-    n = len(result[dtypes[0]]["level_equal"]) if dtypes else 0
+    """Per level l: codes equal to fp32's at level l, on all of levels 1..l, and the relative
+    error of the fp32 latent approximated by levels 1..l of each set of codes."""
+    dtypes = [d for d in result if isinstance(result[d], dict) and "level_equal" in result[d]]
+    head = "| level | fp32 codes: latent error | " + " | ".join(
+        f"{d}: equal at l | {d}: equal on 1..l | {d} codes: latent error" for d in dtypes
+    )
+    lines = [head + " |", "|---:|---:|" + "---:|---:|---:|" * len(dtypes)]
     for lv in [1, 2, 4, 8, 12, 16, 32, 48, 64]:
-        if lv > n:
+        if lv > len(result["fp32"]["rvq_error"]):
             continue
-        cells = [
-            f"{result[d]['level_equal'][lv - 1]:.4f} | {result[d]['prefix_equal'][lv - 1]:.4f}"
+        cells = [f"{result['fp32']['rvq_error'][lv - 1]:.4f}"] + [
+            f"{result[d]['level_equal'][lv - 1]:.4f} | {result[d]['prefix_equal'][lv - 1]:.4f} | "
+            f"{result[d]['rvq_error'][lv - 1]:.4f}"
             for d in dtypes
         ]
         lines.append(f"| {lv} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    diffs = ", ".join(f"{d} {result[d]['latent_rel_diff']:.4f}" for d in dtypes)
+    return "\n".join(lines) + f"\n\nlatent relative difference from fp32: {diffs}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -226,19 +276,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--config", choices=sorted(CONFIGS), default="official")
     p.add_argument("--model", help="a model file or name instead of random weights")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each clip")
-    p.add_argument("--batches", default="1,8,32,64", help="batch sizes, comma-separated")
+    p.add_argument("--seconds", type=float, help="length of each clip (default 10)")
+    p.add_argument("--batches", help="batch sizes, comma-separated (default 1,8,32,64)")
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--layouts", default="nchw,channels_last")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, help="timed calls, best taken (default 2)")
     p.add_argument("--chunk-seconds", type=float, help="audio per streaming step (default 2)")
     p.add_argument("--smoke", action="store_true", help="tiny config, small sizes (CPU test)")
     p.add_argument("--agreement", metavar="DIR", help="measure bf16/fp16 vs fp32 codes instead")
     p.add_argument("--out", help="JSON output path")
     args = p.parse_args(argv)
+    # --smoke: the tiny config and small sizes, unless given explicitly.
+    defaults = {"seconds": 10.0, "batches": "1,8,32,64", "repeats": 2}
     if args.smoke:
-        args.config, args.seconds, args.batches, args.repeats = "tiny", 1.0, "1,4", 1
+        args.config, defaults = "tiny", {"seconds": 1.0, "batches": "1,4", "repeats": 1}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.batches = [int(b) for b in str(args.batches).split(",")]
     args.modes, args.dtypes = args.modes.split(","), args.dtypes.split(",")
     args.layouts = args.layouts.split(",")
