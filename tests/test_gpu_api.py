@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from spectrostream.cli import main
 from spectrostream.codec import Codec, load
 from spectrostream.config import SAMPLES_PER_CODE, tiny_config
-from spectrostream.device import exact_fp32, resolve_device, resolve_dtype
+from spectrostream.device import exact_fp32, rank_device, resolve_device, resolve_dtype
 from spectrostream.model import SpectroStream
 from spectrostream.official import ModelError
 
@@ -67,6 +67,19 @@ def test_bad_device_and_dtype_names():
         resolve_dtype("int8")
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype(None) is torch.float32
+
+
+def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert [rank_device(d) for d in ("auto", "cuda", "cpu", "cuda:1")] == [
+        "cuda:3",
+        "cuda:3",
+        "cpu",
+        "cuda:1",
+    ]
+    monkeypatch.delenv("LOCAL_RANK")
+    assert rank_device("auto") == "auto"
 
 
 def test_exact_fp32_forces_ieee_and_restores():
