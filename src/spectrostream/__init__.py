@@ -29,7 +29,18 @@ _LAZY: dict[str, str] = {
     "StreamingEncoder": "model",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [
+    "Codec",
+    "ModelConfig",
+    "SpectroStream",
+    "StreamingDecoder",
+    "StreamingEncoder",
+    "__version__",
+    "load",
+    "official_config",
+    "small_config",
+    "tiny_config",
+]
 
 
 def __getattr__(name: str) -> Any:
