@@ -681,27 +681,55 @@ def write_audio(
     audio: np.ndarray,
     sample_rate: int,
     subtype: str | None = None,
+    *,
+    compression_level: float | None = None,
 ) -> None:
     """Writes ``[C, T]`` (or mono ``[T]``) float audio; format from the extension, ``"-"`` = WAV.
 
-    See the module docstring for formats, default subtypes and clipping.
+    See the module docstring for formats, default subtypes and clipping. ``compression_level``
+    (0..1) is libsndfile's: for Vorbis it is 1 - quality, for FLAC the effort.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    major, chosen = _write_format(path, subtype)
-    to_stdout = str(path) == STDIO
-    name = STDOUT_NAME if to_stdout else str(path)
-    frames = _prepare_frames(audio, chosen, name)
-    if not to_stdout:
-        _check_parent(path)
-    target: str | io.BytesIO = io.BytesIO() if to_stdout else str(path)
-    try:
-        sf.write(target, frames, sample_rate, format=major, subtype=chosen)
-    except (sf.SoundFileError, OSError) as error:
-        raise AudioError(f"{name}: cannot write: {error}") from None
+    target: str | io.BytesIO = io.BytesIO() if str(path) == STDIO else str(path)
+    _encode(target, path, audio, sample_rate, subtype, compression_level)
     if isinstance(target, io.BytesIO):
         sys.stdout.buffer.write(target.getvalue())
         sys.stdout.buffer.flush()
+
+
+def encode_audio(
+    audio: np.ndarray,
+    sample_rate: int,
+    suffix: str = ".wav",
+    subtype: str | None = None,
+    *,
+    compression_level: float | None = None,
+) -> bytes:
+    """The bytes :func:`write_audio` would write to a file ending in ``suffix``, in memory."""
+    buffer = io.BytesIO()
+    _encode(buffer, f"<memory>{suffix}", audio, sample_rate, subtype, compression_level)
+    return buffer.getvalue()
+
+
+def _encode(
+    target: str | io.BytesIO,
+    path: str | Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    subtype: str | None,
+    compression_level: float | None,
+) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    major, chosen = _write_format(path, subtype)
+    name = STDOUT_NAME if str(path) == STDIO else str(path)
+    frames = _prepare_frames(audio, chosen, name)
+    if isinstance(target, str):
+        _check_parent(path)
+    options = {} if compression_level is None else {"compression_level": compression_level}
+    try:
+        sf.write(target, frames, sample_rate, format=major, subtype=chosen, **options)
+    except (sf.SoundFileError, OSError) as error:
+        raise AudioError(f"{name}: cannot write: {error}") from None
 
 
 # Stdout WAV header, little endian: "RIFF" u32 riff_size "WAVE" | "fmt " u32 16, u16 format_tag

@@ -35,10 +35,11 @@ from spectrostream.evaluation.baselines import (
     opus_round_trip,
     opus_tools_available,
 )
+from spectrostream.evaluation.media import LISTEN_SUBTYPES, write_listening_audio, write_spectrogram
 
 SAMPLE_RATE = 48000
 BASELINES = ("opus",)
-LISTEN_FORMATS = ("ogg", "flac")
+LISTEN_FORMATS = tuple(LISTEN_SUBTYPES)
 MEDIA_DIR = "media"
 
 
@@ -263,8 +264,6 @@ def evaluate(
 
     The reports themselves are written by :func:`spectrostream.evaluation.report.write_all`.
     """
-    from spectrostream.evaluation import page
-
     start = time.perf_counter()
     clips = find_clips(data_dir, settings.max_clips)
     systems = build_systems(settings, codec)
@@ -285,7 +284,6 @@ def evaluate(
                 settings,
                 systems,
                 scorer,
-                page,
                 lambda text: bar.set_postfix_str(text, refresh=True),
             )
         )
@@ -328,7 +326,6 @@ def _evaluate_clip(
     settings: EvalSettings,
     systems: Sequence[System],
     scorer: metrics.VisqolScorer | None,
-    page: Any,
     status: Callable[[str], None],
 ) -> ClipResult:
     status(f"{slug}: load")
@@ -342,8 +339,8 @@ def _evaluate_clip(
     ext = settings.listen_format
     original_audio = media / f"original.{ext}"
     original_png = media / "original.png"
-    page.write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
-    page.write_spectrogram(out / original_png, audio, SAMPLE_RATE)
+    write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
+    write_spectrogram(out / original_png, audio, SAMPLE_RATE)
 
     ceiling: float | None = None
     ceiling_error: str | None = None
@@ -361,9 +358,7 @@ def _evaluate_clip(
             status(f"{slug}: {system.name} {requested:g} kbps")
             stem = f"{system.name}_{requested:g}kbps".replace(".", "p")
             cells.append(
-                _evaluate_cell(
-                    audio, system, requested, total, scorer, out, media / stem, ext, page
-                )
+                _evaluate_cell(audio, system, requested, total, scorer, out, media / stem, ext)
             )
     return ClipResult(
         name=slug,
@@ -388,7 +383,6 @@ def _evaluate_cell(
     out: Path,
     stem: Path,
     ext: str,
-    page: Any,
 ) -> CellResult:
     start = time.perf_counter()
     duration_s = audio.shape[1] / SAMPLE_RATE
@@ -405,8 +399,8 @@ def _evaluate_cell(
     values, per_channel, errors = score(audio, coded.audio, SAMPLE_RATE, scorer)
     audio_file = stem.with_suffix(f".{ext}")
     png_file = stem.with_suffix(".png")
-    page.write_listening_audio(out / audio_file, coded.audio, SAMPLE_RATE, ext)
-    page.write_spectrogram(out / png_file, coded.audio, SAMPLE_RATE)
+    write_listening_audio(out / audio_file, coded.audio, SAMPLE_RATE, ext)
+    write_spectrogram(out / png_file, coded.audio, SAMPLE_RATE)
     return CellResult(
         system=system.name,
         requested_kbps=requested,
