@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import soundfile as sf
-
+from spectrostream.audio_io import AudioError
 from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, DataError, build_corpus
 from spectrostream.data.pack import PackOptions, write_pack
 
@@ -87,7 +86,7 @@ def run_debian(args: argparse.Namespace) -> int:
             keep_extracted=args.keep_extracted,
             progress=not args.no_progress,
         )
-    except (DataError, OSError, sf.LibsndfileError) as err:
+    except (DataError, OSError, AudioError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from spectrostream.data.debian import load_package_reports
@@ -121,7 +120,7 @@ def run_pack(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (DataError, ValueError, OSError, sf.LibsndfileError) as err:
+    except (DataError, ValueError, OSError, AudioError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
