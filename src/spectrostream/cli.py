@@ -93,8 +93,10 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model .safetensors path or built-in name (default: %(default)s)",
+        help="model .safetensors path, or a name: magenta-rt (Google's weights, downloaded once "
+        "from the Hugging Face Hub) or default (a placeholder) (default: %(default)s)",
     )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) for magenta-rt")
 
 
 def _progress(total: int | None, desc: str, unit: str) -> tqdm:
@@ -148,7 +150,7 @@ def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
 def run_encode(args: argparse.Namespace) -> int:
     from .codec import load
 
-    codec = load(args.model)
+    codec = load(args.model, revision=args.revision)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, bitstream.SUFFIX)
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _encode_one(codec, src, dst, args.kbps, args.levels)
@@ -158,7 +160,7 @@ def run_encode(args: argparse.Namespace) -> int:
 def run_decode(args: argparse.Namespace) -> int:
     from .codec import load
 
-    codec = load(args.model)
+    codec = load(args.model, revision=args.revision)
     pairs = _pairs(args.input, args.output, lambda f: f.suffix == bitstream.SUFFIX, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _decode_one(codec, src, dst, args.sr)
@@ -170,7 +172,7 @@ def run_roundtrip(args: argparse.Namespace) -> int:
 
     from .codec import load
 
-    codec = load(args.model)
+    codec = load(args.model, revision=args.revision)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         buf = io.BytesIO()
@@ -191,10 +193,24 @@ def run_roundtrip(args: argparse.Namespace) -> int:
 
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
+    from .weights import model_attribution
+
     with _open_in(args.input) as f:
         data = f.read()
     header, codes = bitstream.decode_stream(data)
     print(bitstream.describe(header, codes.shape[1], len(data)))
+    if (attribution := model_attribution(header.model_id)) is not None:
+        print(f"weights:     {attribution}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .weights import list_models
+
+    for m in list_models():
+        where = "not downloaded" if m.path is None else f"{m.size_bytes / 2**20:.1f} MiB, {m.path}"
+        rev = f" (revision {m.revision[:12]})" if m.revision else ""
+        print(f"{m.name:<11} {m.license:<10} {where}{rev}\n{'':<11} {m.description}")
     return 0
 
 
@@ -231,9 +247,13 @@ def run_transcode(args: argparse.Namespace) -> int:
 def run_convert_official(args: argparse.Namespace) -> int:
     from .codec import Codec
     from .official import import_official
+    from .weights import official_model_id
 
-    model, parts = import_official(args.encoder, args.checkpoint)
-    codec = Codec(model, parts=parts)
+    model, parts = import_official(
+        args.encoder, args.checkpoint, decoder=args.decoder, quantizer=args.quantizer
+    )
+    state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in parts}
+    codec = Codec(model, model_id=official_model_id(state, model.config), parts=parts)
     codec.save(args.output, fp16=args.fp16)
     print(
         f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}", file=sys.stderr
@@ -276,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.set_defaults(func=run_info)
 
+    p = sub.add_parser("models", help="list the named models, and which are on this machine")
+    p.set_defaults(func=run_models)
+
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
     p.add_argument("input")
     p.add_argument("output")
@@ -284,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-official", help="import Google's released weights")
     p.add_argument("--encoder", help="encoder.safetensors (params/encoder/...)")
-    p.add_argument("--checkpoint", help="mrt2_*.safetensors (params/soundstream/...)")
+    p.add_argument("--decoder", help="decoder.safetensors (resources/spectrostream/)")
+    p.add_argument("--quantizer", help="quantizer.safetensors (resources/spectrostream/)")
+    p.add_argument(
+        "--checkpoint", help="mrt2_*.safetensors (params/soundstream/...): decoder and quantizer"
+    )
     p.add_argument("-o", "--output", required=True, help="output model .safetensors")
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)

@@ -9,7 +9,6 @@ give ``ceil(T / 1920) + 1`` code frames and ``decode`` returns at least T sample
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,25 +22,22 @@ from .audio_io import AudioError
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, ModelError, parts_present
+from .weights import (
+    DEFAULT_MODEL,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODELS_DIR,  # noqa: F401  (re-exported: its old home)
+    resolve_model,
+    write_model,
+)
+from .weights import state_model_id as _state_model_id
 
-FORMAT_NAME = "spectrostream"
-FORMAT_VERSION = "1"
-DEFAULT_MODEL = "default"
-MODELS_DIR = Path(__file__).parent / "models"
 # Audio per streaming step in batch and file processing: bounds memory (the official model's
 # activations for 2 s are about 0.7 GB; measured in docs/benchmarks.md).
 CHUNK_SAMPLES = 2 * SAMPLE_RATE
 CHUNK_FRAMES = CHUNK_SAMPLES // SAMPLES_PER_CODE
 
 ProgressFn = Callable[[int], None]
-
-
-def _state_model_id(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
-    h = hashlib.sha256(config.to_json().encode())
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().to(torch.float16).cpu().numpy().tobytes())
-    return f"ss-{h.hexdigest()[:16]}"
 
 
 class Codec:
@@ -334,9 +330,7 @@ class Codec:
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | Path, fp16: bool = False) -> None:
-        """Write safetensors with the config JSON, model id and parts in the metadata."""
-        from safetensors.torch import save_file
-
+        """Write safetensors (atomically) with the config JSON, model id and parts in the metadata."""
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in self.model.state_dict().items()
@@ -344,34 +338,12 @@ class Codec:
         }
         if fp16:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_json(),
-            "model_id": self.model_id,
-            "parts": ",".join(self.parts),
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata=meta)
+        write_model(path, state, self.config, self.model_id, self.parts)
 
 
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    builtin = MODELS_DIR / f"{name_or_path}.safetensors"
-    if builtin.is_file():
-        return builtin
-    if str(name_or_path) == DEFAULT_MODEL:
-        raise ModelError(
-            "no default model is installed with this package; pass --model PATH "
-            "(a .safetensors from `spectrostream export` or `spectrostream convert-official`)"
-        )
-    if p.suffix or "/" in str(name_or_path):
-        raise ModelError(f"{name_or_path}: no such model file")
-    names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
-    raise ModelError(f"unknown model {name_or_path!r}; built-in models: {names or 'none'}")
+def resolve_model_path(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A model file for a path or a name (``default``, ``magenta-rt``); see ``weights``."""
+    return resolve_model(name_or_path, revision)
 
 
 def _open_model_file(path: Path):
@@ -401,13 +373,19 @@ def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     return config, meta
 
 
-def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu") -> Codec:
-    """Load a codec: a path to a .safetensors model, or a built-in name (``"default"``).
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+) -> Codec:
+    """Load a codec: a path to a .safetensors model, or a name: ``"magenta-rt"`` (Google's
+    weights, downloaded from the Hugging Face Hub once at ``revision``, then cached) or
+    ``"default"`` (the shipped placeholder).
 
     Strict: every tensor of each part the file declares must be present with its shape.
     Tensors are copied into the model one at a time, so loading needs little extra memory.
     """
-    path = resolve_model_path(name_or_path)
+    path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)
     model = SpectroStream(config)
     own = model.state_dict()
