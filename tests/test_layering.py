@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "model",
         "metrics",
     ),
-    "io": ("audio_io", "bitstream", "official", "hub", "weights"),
+    "io": ("audio_io", "bitstream", "official", "hub", "weights", "device"),
     "codec": ("codec", "files", "tokenize"),
     "app": ("", "__main__", "cli", "train.*", "evaluation.*", "data.*"),
 }

@@ -99,6 +99,29 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) for magenta-rt")
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
+    )
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec import load
+    from .device import rank_device
+
+    return load(
+        args.model, revision=args.revision, device=rank_device(args.device), dtype=args.dtype
+    )
+
+
 def _progress(total: int | None, desc: str, unit: str) -> tqdm:
     return tqdm(
         total=total,
@@ -148,9 +171,7 @@ def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model, revision=args.revision)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, bitstream.SUFFIX)
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _encode_one(codec, src, dst, args.kbps, args.levels)
@@ -158,9 +179,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model, revision=args.revision)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, lambda f: f.suffix == bitstream.SUFFIX, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _decode_one(codec, src, dst, args.sr)
@@ -170,9 +189,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_roundtrip(args: argparse.Namespace) -> int:
     import io
 
-    from .codec import load
-
-    codec = load(args.model, revision=args.revision)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         buf = io.BytesIO()
@@ -188,6 +205,35 @@ def run_roundtrip(args: argparse.Namespace) -> int:
                 f"{header.num_levels} levels",
                 file=sys.stderr,
             )
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    from .tokenize import TokenizeError, tokenize
+
+    codec = _load_codec(args)
+    rank, world = _rank_world()
+    try:
+        report = tokenize(
+            codec,
+            args.input,
+            args.output,
+            codec.levels_for(args.kbps, args.levels),
+            batch=args.batch,
+            workers=args.workers,
+            shard_files=args.shard_files,
+            rank=rank,
+            world=world,
+        )
+    except TokenizeError as e:
+        raise UsageError(str(e)) from e
+    print(
+        f"{args.output}: {report.shards_written} shards written, {report.shards_skipped} already "
+        f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
+        file=sys.stderr,
+    )
+    for name, error in report.failed:
+        print(f"could not read {name}: {error}", file=sys.stderr)
     return 0
 
 
@@ -275,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=".ssc file, directory, or - for stdout")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_encode)
 
     p = sub.add_parser("decode", help=".ssc file or directory -> audio")
@@ -282,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="audio file (.wav/.flac/.ogg), directory, or - (WAV on stdout)")
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_decode)
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
@@ -290,7 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_roundtrip)
+
+    p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
+    p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
+    p.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    _levels_args(p)
+    _model_arg(p)
+    _device_args(p)
+    p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
+    p.add_argument("--workers", type=int, default=4, help="audio decoding processes (default: 4)")
+    p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
+    p.set_defaults(func=run_tokenize)
 
     p = sub.add_parser("info", help="describe an .ssc file")
     p.add_argument("input")
