@@ -47,6 +47,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import AudioError
+
 if TYPE_CHECKING:
     import av
     import av.audio.stream
@@ -90,10 +92,6 @@ _UNCLIPPED_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 _READ_ALL_BLOCK_FRAMES = 1 << 18
 _RESAMPLE_QUALITY = "VHQ"
-
-
-class AudioError(ValueError):
-    """A user-facing audio problem (missing, empty, undecodable or non-finite audio, bad target)."""
 
 
 class _NotAudioError(AudioError):

@@ -16,13 +16,10 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, official_config
+from .errors import ModelError
 
 PARTS = ("encoder", "quantizer", "decoder")
 _PREFIXES = ("params/soundstream/", "params/", "soundstream/")
-
-
-class ModelError(ValueError):
-    """Weights could not be loaded or used: missing file, mismatched tensors, missing half."""
 
 
 def strip_prefix(name: str) -> str:

@@ -32,6 +32,8 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from spectrostream.errors import DataError
+
 SAMPLE_RATE = 48_000
 MIN_DURATION_S = 30.0
 VALID_PERCENT = 5.0
@@ -63,10 +65,6 @@ MANUAL_LICENCES: dict[str, str] = {
     # "GNU General Public License version 2 or at your option any later version"
     "wesnoth-1.16-music": "GPL-2+",
 }
-
-
-class DataError(RuntimeError):
-    """A package or file could not be turned into corpus tracks."""
 
 
 # ---------------------------------------------------------------------------------------------

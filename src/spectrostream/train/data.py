@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config import SAMPLE_RATE
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ PYAV_EXTS = {".mp3", ".m4a", ".aac", ".opus"}
 AUDIO_EXTS = SOUNDFILE_EXTS | PYAV_EXTS
 MANIFEST_VERSION = 1
 RESAMPLE_MARGIN = 256  # source samples read on each side so soxr's filter has context
-
-
-class DataError(ValueError):
-    """The data folders cannot give training data (missing, empty, all unreadable)."""
 
 
 @dataclass(frozen=True)
