@@ -32,8 +32,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "quantizer",
         "model",
         "metrics",
+        "device",
     ),
-    "io": ("audio_io", "bitstream", "official", "hub", "weights", "device"),
+    "io": ("atomic", "audio_io", "bitstream", "official", "hub", "weights"),
     "codec": ("codec", "files", "tokenize"),
     "app": ("", "__main__", "cli", "train.*", "evaluation.*", "data.*"),
 }

@@ -50,6 +50,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import AudioError
+
 if TYPE_CHECKING:
     import av
     import av.audio.stream
@@ -98,10 +100,6 @@ _UNCLIPPED_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 _READ_ALL_BLOCK_FRAMES = 1 << 18
 _SEEK_PREROLL_S = 0.2  # decoded and dropped before a fast seek's target (Opus asks 80 ms)
 _RESAMPLE_QUALITY = "VHQ"
-
-
-class AudioError(ValueError):
-    """A user-facing audio problem (missing, empty, undecodable or non-finite audio, bad target)."""
 
 
 class _NotAudioError(AudioError):

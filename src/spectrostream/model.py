@@ -16,6 +16,7 @@ from .config import FRAMES_PER_CODE, HOP_SAMPLES, SAMPLES_PER_CODE, ModelConfig
 from .decoder import Decoder, LookaheadTrim
 from .dsp import ISTFT, STFT
 from .encoder import Encoder
+from .errors import UsageError
 from .quantizer import ResidualVQ
 from .streaming import is_streaming, set_streaming
 
@@ -107,9 +108,15 @@ class StreamingEncoder(_Stream):
     kind = "encoder"
 
     def __init__(self, model: SpectroStream, n_levels: int | None = None) -> None:
+        q = model.config.num_quantizers
+        if n_levels is not None and (
+            isinstance(n_levels, bool) or not isinstance(n_levels, int) or not 1 <= n_levels <= q
+        ):
+            raise UsageError(f"n_levels must be an integer in 1..{q} or None, got {n_levels!r}")
         super().__init__((model.stft, model.encoder))
         self.model, self.n_levels = model, n_levels
         self.samples_in = 0
+        self.batch: int | None = None  # fixed by the first push
 
     def push_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> embeddings [B, D, m] for the code frames completed by this chunk."""
@@ -122,7 +129,11 @@ class StreamingEncoder(_Stream):
         return self.model.encoder(spec)
 
     def push(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio [B, C, n] -> codes [B, L, m]."""
+        """audio [B, C, n] -> codes [B, L, m]. A rejected chunk leaves the stream as it was."""
+        batch = _check_push(self, audio, "audio [B, C, n]", self.model.config.audio_channels)
+        if not audio.is_floating_point():
+            raise UsageError(f"audio must be float samples, got {audio.dtype}")
+        self.batch = batch
         return self.model.quantizer.encode(self.push_embeddings(audio), self.n_levels)
 
     def flush_embeddings(self, batch: int, channels: int) -> torch.Tensor:
@@ -151,18 +162,39 @@ class StreamingDecoder(_Stream):
     def __init__(self, model: SpectroStream) -> None:
         super().__init__((model.decoder, model.trim, model.istft))
         self.model = model
+        self.batch: int | None = None  # fixed by the first push
 
     def push_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         self._check_open()
         return self.model.decode_embeddings(emb)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call)."""
+        """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call). A rejected
+        chunk leaves the stream as it was."""
+        batch = _check_push(self, codes, "codes [B, L, m]", None)
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise UsageError(f"codes must be integers, got {codes.dtype}")
         if codes.shape[-1] == 0:  # nothing new: the state cannot change
-            self._check_open()
             c = self.model.config.audio_channels
             return torch.zeros(codes.shape[0], c, 0, device=codes.device)
-        return self.push_embeddings(self.model.quantizer.decode(codes))
+        emb = self.model.quantizer.decode(codes)  # checks the level count and code range
+        self.batch = batch
+        return self.push_embeddings(emb)
+
+
+def _check_push(stream: _Stream, x: object, what: str, channels: int | None) -> int:
+    """Checks a chunk before it touches any state; returns its batch size."""
+    stream._check_open()
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise UsageError(f"{stream.kind} push takes {what}, got {getattr(x, 'shape', type(x))}")
+    if channels is not None and x.shape[1] != channels:
+        raise UsageError(f"audio has {x.shape[1]} channels; this model codes {channels}")
+    if stream.batch is not None and x.shape[0] != stream.batch:
+        raise UsageError(
+            f"batch size changed from {stream.batch} to {x.shape[0]} mid-stream; open a new "
+            "stream for a new batch"
+        )
+    return x.shape[0]
 
 
 def fold_weight_norm(model: nn.Module) -> nn.Module:

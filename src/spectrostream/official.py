@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, official_config
+from .errors import ModelError
 
 PARTS = ("encoder", "quantizer", "decoder")
 _PREFIXES = ("params/soundstream/", "params/", "soundstream/")
@@ -33,10 +34,6 @@ ATTRIBUTION = (
 # Model ids of codecs made from Google's weights start with this (``mrt-<hash>``), so an .ssc
 # file tells where its weights came from (``spectrostream info`` shows the attribution).
 MODEL_ID_PREFIX = "mrt-"
-
-
-class ModelError(ValueError):
-    """Weights could not be loaded or used: missing file, mismatched tensors, missing half."""
 
 
 def strip_prefix(name: str) -> str:

@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from spectrostream.audio_io import AudioError
-from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, DataError, build_corpus
+import soundfile as sf
+
+from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, build_corpus
 from spectrostream.data.pack import PackOptions, write_pack
+from spectrostream.errors import DataError, exit_status
 
 
 def add_parser(subparsers) -> None:
@@ -74,6 +76,7 @@ def add_parser(subparsers) -> None:
     pack.set_defaults(func=run_pack)
 
 
+@exit_status
 def run_debian(args: argparse.Namespace) -> int:
     out_dir: Path = args.output
     workdir: Path = args.workdir if args.workdir is not None else out_dir / ".work"
@@ -86,9 +89,8 @@ def run_debian(args: argparse.Namespace) -> int:
             keep_extracted=args.keep_extracted,
             progress=not args.no_progress,
         )
-    except (DataError, OSError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except sf.LibsndfileError as err:  # libsndfile's errors are not ours: name them DataError
+        raise DataError(str(err)) from err
     from spectrostream.data.debian import load_package_reports
 
     reports = load_package_reports(out_dir)
@@ -103,16 +105,17 @@ def run_debian(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_status
 def run_pack(args: argparse.Namespace) -> int:
+    options = PackOptions(
+        minutes=args.minutes,
+        valid_minutes=args.valid_minutes,
+        max_mib=args.max_mib,
+        min_excerpt_s=args.min_excerpt,
+        max_excerpt_s=args.max_excerpt,
+        seed=args.seed,
+    )
     try:
-        options = PackOptions(
-            minutes=args.minutes,
-            valid_minutes=args.valid_minutes,
-            max_mib=args.max_mib,
-            min_excerpt_s=args.min_excerpt,
-            max_excerpt_s=args.max_excerpt,
-            seed=args.seed,
-        )
         result = write_pack(
             args.corpus,
             args.output,
@@ -120,9 +123,8 @@ def run_pack(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (DataError, ValueError, OSError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except sf.LibsndfileError as err:
+        raise DataError(str(err)) from err
     print(
         f"pack {args.output}: {result.train_excerpts} train excerpts from {result.train_tracks}"
         f" tracks ({result.train_seconds / 60:.1f} min), {result.valid_excerpts} valid excerpts"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from spectrostream import audio_io
 from spectrostream.audio_io import AudioError
+from spectrostream.errors import DataError
 
 SAMPLE_RATE = 48_000
 MIN_DURATION_S = 30.0
@@ -62,10 +63,6 @@ MANUAL_LICENCES: dict[str, str] = {
     # "GNU General Public License version 2 or at your option any later version"
     "wesnoth-1.16-music": "GPL-2+",
 }
-
-
-class DataError(RuntimeError):
-    """A package or file could not be turned into corpus tracks."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from spectrostream import audio_io
-from spectrostream.data.debian import SAMPLE_RATE, DataError, TrackRecord, load_manifest
+from spectrostream.data.debian import SAMPLE_RATE, TrackRecord, load_manifest
+from spectrostream.errors import DataError, UsageError
 
 PACK_VERSION = 1
 MIB = 2**20
@@ -49,13 +50,13 @@ class PackOptions:
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.valid_minutes < 0:
-            raise ValueError("--minutes must be > 0 and --valid-minutes >= 0")
+            raise UsageError("--minutes must be > 0 and --valid-minutes >= 0")
         if self.max_mib <= 0:
-            raise ValueError("--max-mib must be > 0")
+            raise UsageError("--max-mib must be > 0")
         if self.sample_excerpts < 1:
-            raise ValueError("sample_excerpts must be >= 1")
+            raise UsageError("sample_excerpts must be >= 1")
         if not 0 < self.min_excerpt_s <= self.max_excerpt_s:
-            raise ValueError("need 0 < --min-excerpt <= --max-excerpt")
+            raise UsageError("need 0 < --min-excerpt <= --max-excerpt")
 
 
 @dataclass(frozen=True)

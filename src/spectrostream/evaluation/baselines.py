@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from spectrostream.errors import BaselineError
+
 OPUS_MIN_KBPS = 6.0
 OPUS_MAX_KBPS_PER_CHANNEL = 256.0
 OPUS_RATE = 48000
 _TIMEOUT_S = 300
-
-
-class BaselineError(RuntimeError):
-    """A baseline tool is missing or failed."""
 
 
 @dataclass(frozen=True)

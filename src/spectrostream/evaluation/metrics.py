@@ -39,6 +39,8 @@ from functools import lru_cache
 import numpy as np
 import soxr
 
+from spectrostream.errors import MetricError
+
 VISQOL_SPEECH_RATE = 16000
 VISQOL_AUDIO_RATE = 48000
 VISQOL_AUDIO_IDENTICAL = 4.732  # audio-mode score of an identical pair (SVR mapping)
@@ -52,10 +54,6 @@ ICC_BLOCK_FRAMES = 16
 ACTIVE_RANGE_DB = 50.0
 ILD_CLIP_DB = 30.0
 SI_SDR_NOISE_FLOOR = 1e-20
-
-
-class MetricError(ValueError):
-    """Inputs that a metric cannot score (shape or rate mismatch, empty or silent audio)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spectrostream.audio_io import is_audio_file_name, read_audio
+from spectrostream.errors import EvalError
 from spectrostream.evaluation import metrics
 from spectrostream.evaluation.baselines import (
     RoundTrip,
@@ -41,10 +42,6 @@ SAMPLE_RATE = 48000
 BASELINES = ("opus",)
 LISTEN_FORMATS = tuple(LISTEN_SUBTYPES)
 MEDIA_DIR = "media"
-
-
-class EvalError(ValueError):
-    """A user error in the evaluation request (bad directory, rates, missing tools)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,10 @@ class CodecSystem:
         import torch
 
         config = self.codec.config
-        levels = config.levels_for_kbps(total_kbps)  # 250 bit/s per level, rounded down
+        # 250 bit/s per level, rounded down; a rate above the model's top uses every level
+        # and is marked clamped, as Opus's floor is.
+        clamped = total_kbps > config.max_kbps
+        levels = config.levels_for_kbps(min(total_kbps, config.max_kbps))
         with torch.inference_mode():
             data = self.codec.compress(torch.from_numpy(audio), sample_rate, levels=levels)
             decoded, rate = self.codec.decompress(data)
@@ -121,7 +121,7 @@ class CodecSystem:
             audio=decoded,
             sample_rate=rate,
             target_kbps=levels * config.kbps_per_level,
-            clamped=False,
+            clamped=clamped,
             file_bytes=len(data),
             payload_bytes=(payload_bits + 7) // 8,
             levels=levels,

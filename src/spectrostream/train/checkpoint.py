@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+
 FORMAT = "spectrostream-train"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or of the wrong kind."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

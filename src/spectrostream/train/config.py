@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, official_config, small_config, tiny_config
+from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
 MODEL_PRESETS = {"official": official_config, "small": small_config, "tiny": tiny_config}
-
-
-class TrainConfigError(ValueError):
-    """A training configuration is malformed or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -35,15 +35,12 @@ from torch.utils.data import Dataset, Sampler
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 RESAMPLE_MARGIN = 256  # source samples read on each side so soxr's filter has context
-
-
-class DataError(ValueError):
-    """The data folders cannot give training data (missing, empty, all unreadable)."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from ..config import SAMPLE_RATE, ModelConfig
+from ..errors import DivergedError, TrainingError
 from ..model import SpectroStream
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -54,14 +55,6 @@ from .rvq import QuantizerTrainer, RVQOutput, codebook_stats
 log = logging.getLogger(__name__)
 
 VALID_KBPS = (4, 8, 16)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or continue (bad resume, config mismatch, ...)."""
-
-
-class DivergedError(TrainingError):
-    """A loss became NaN or Inf; the run stopped before writing another checkpoint."""
 
 
 # ---- processes and devices ------------------------------------------------------------------
@@ -354,7 +347,8 @@ def validate(
     """Mel distance and SI-SDR at 4/8/16 kbps (and unquantized); examples for the first items."""
     model = nets.model
     model.eval()
-    levels = {k: model.config.levels_for_kbps(k) for k in VALID_KBPS}
+    top = model.config.max_kbps  # a small model's top rate stands in for higher ones
+    levels = {k: model.config.levels_for_kbps(min(k, top)) for k in VALID_KBPS}
     sums: dict[str, float] = {}
     count = 0
     examples: dict[str, Any] = {}
