@@ -376,6 +376,8 @@ def test_no_encoder_in_the_revision_is_a_clear_error(hub, tmp_path):
         load("magenta-rt", revision="no-encoder")
     with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match="does not exist"):
         load("magenta-rt", revision="v999")
+    with pytest.raises(ModelError, match="applies to hub models"):
+        load("default", revision="main")
 
 
 @pytest.mark.parametrize("prefix", ["", "params/", "params/soundstream/", "soundstream/"])
