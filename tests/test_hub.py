@@ -215,6 +215,7 @@ def hub(official_files):
         "fallback", {RESOURCE_FILES["encoder"]: f["encoder"], CHECKPOINT_FILE: f["checkpoint"]}
     )
     hub.add("no-encoder", {CHECKPOINT_FILE: f["checkpoint"]})
+    hub.add("no-decoder", {RESOURCE_FILES[p]: f[p] for p in ("encoder", "quantizer")})
     for fault in ("corrupt", "drop", "short"):
         commit = hub.add(fault, resources)
         hub.faults[(commit, RESOURCE_FILES["encoder"])] = fault
@@ -318,6 +319,10 @@ def test_fallback_reads_only_the_needed_byte_ranges(fetched, hub, official_files
     meta = read_metadata(path)
     assert meta["revision"] == hub.fallback and path.name == "magenta-rt@fallback.safetensors"
     assert meta["model_id"] == fetched["codec"].model_id  # the same weights, by another route
+    assert (
+        CHECKPOINT_FILE in meta["source_files"]
+        and "decoder.safetensors" not in meta["source_files"]
+    )
     size = len(official_files["checkpoint"])
     sent = hub.bytes_sent[CHECKPOINT_FILE]
     needed = len(official_files["decoder"]) + len(official_files["quantizer"])
@@ -371,11 +376,13 @@ def test_missing_tensors_say_what_was_expected_and_found(hub, official_files, tm
     assert entries(tmp_path) == []
 
 
-def test_no_encoder_in_the_revision_is_a_clear_error(hub, tmp_path):
+def test_missing_files_and_revisions_are_clear_errors(hub, tmp_path):
     with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match="encoder"):
         load("magenta-rt", revision="no-encoder")
     with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match="does not exist"):
         load("magenta-rt", revision="v999")
+    with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match=f"nor {CHECKPOINT_FILE}"):
+        load("magenta-rt", revision="no-decoder")
     with pytest.raises(ModelError, match="applies to hub models"):
         load("default", revision="main")
 
