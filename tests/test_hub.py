@@ -29,6 +29,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.numpy import save as st_save
+from safetensors.torch import save as st_save_torch
 
 from spectrostream import load
 from spectrostream.cli import main
@@ -219,6 +220,14 @@ def hub(official_files):
     for fault in ("corrupt", "drop", "short"):
         commit = hub.add(fault, resources)
         hub.faults[(commit, RESOURCE_FILES["encoder"])] = fault
+    mixed = {
+        "params/soundstream/decoder/a/conv/kernel": torch.randn(3, 5).to(torch.bfloat16),
+        "params/soundstream/decoder/a/conv/bias": torch.randn(7),
+        "params/lm/big": torch.zeros(1 << 20),
+        "params/soundstream/quantizer/step": torch.arange(4),
+    }
+    hub.mixed = mixed
+    hub.add("mixed-dtypes", {CHECKPOINT_FILE: st_save_torch(mixed)})
     bad_decoder = st_save({"decoder/decoder_0/conv2d_3x3/conv/kernel": np.zeros((1,), np.float16)})
     hub.add("bad-names", {**resources, RESOURCE_FILES["decoder"]: bad_decoder})
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(hub))
@@ -385,6 +394,20 @@ def test_missing_files_and_revisions_are_clear_errors(hub, tmp_path):
         load("magenta-rt", revision="no-decoder")
     with pytest.raises(ModelError, match="applies to hub models"):
         load("default", revision="main")
+
+
+def test_range_reads_give_exact_tensors_of_any_dtype(hub, tmp_path):
+    from spectrostream.hub import RangeReader, read_tensors_ranged
+
+    hub.bytes_sent.clear()
+    with hub_env(hub.url, tmp_path):
+        reader = RangeReader(REPO_ID, CHECKPOINT_FILE, "mixed-dtypes")
+        got = read_tensors_ranged(reader, lambda n: "soundstream" in n)
+    want = {k: v for k, v in hub.mixed.items() if "soundstream" in k}
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    assert hub.bytes_sent[CHECKPOINT_FILE] < reader.size // 8  # the 4 MiB tensor is not read
 
 
 @pytest.mark.parametrize("prefix", ["", "params/", "params/soundstream/", "soundstream/"])
