@@ -29,6 +29,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.numpy import save as st_save
+from safetensors.torch import save as st_save_torch
 
 from spectrostream import load
 from spectrostream.cli import main
@@ -215,9 +216,18 @@ def hub(official_files):
         "fallback", {RESOURCE_FILES["encoder"]: f["encoder"], CHECKPOINT_FILE: f["checkpoint"]}
     )
     hub.add("no-encoder", {CHECKPOINT_FILE: f["checkpoint"]})
+    hub.add("no-decoder", {RESOURCE_FILES[p]: f[p] for p in ("encoder", "quantizer")})
     for fault in ("corrupt", "drop", "short"):
         commit = hub.add(fault, resources)
         hub.faults[(commit, RESOURCE_FILES["encoder"])] = fault
+    mixed = {
+        "params/soundstream/decoder/a/conv/kernel": torch.randn(3, 5).to(torch.bfloat16),
+        "params/soundstream/decoder/a/conv/bias": torch.randn(7),
+        "params/lm/big": torch.zeros(1 << 20),
+        "params/soundstream/quantizer/step": torch.arange(4),
+    }
+    hub.mixed = mixed
+    hub.add("mixed-dtypes", {CHECKPOINT_FILE: st_save_torch(mixed)})
     bad_decoder = st_save({"decoder/decoder_0/conv2d_3x3/conv/kernel": np.zeros((1,), np.float16)})
     hub.add("bad-names", {**resources, RESOURCE_FILES["decoder"]: bad_decoder})
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(hub))
@@ -318,6 +328,10 @@ def test_fallback_reads_only_the_needed_byte_ranges(fetched, hub, official_files
     meta = read_metadata(path)
     assert meta["revision"] == hub.fallback and path.name == "magenta-rt@fallback.safetensors"
     assert meta["model_id"] == fetched["codec"].model_id  # the same weights, by another route
+    assert (
+        CHECKPOINT_FILE in meta["source_files"]
+        and "decoder.safetensors" not in meta["source_files"]
+    )
     size = len(official_files["checkpoint"])
     sent = hub.bytes_sent[CHECKPOINT_FILE]
     needed = len(official_files["decoder"]) + len(official_files["quantizer"])
@@ -371,11 +385,29 @@ def test_missing_tensors_say_what_was_expected_and_found(hub, official_files, tm
     assert entries(tmp_path) == []
 
 
-def test_no_encoder_in_the_revision_is_a_clear_error(hub, tmp_path):
+def test_missing_files_and_revisions_are_clear_errors(hub, tmp_path):
     with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match="encoder"):
         load("magenta-rt", revision="no-encoder")
     with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match="does not exist"):
         load("magenta-rt", revision="v999")
+    with hub_env(hub.url, tmp_path), pytest.raises(ModelError, match=f"nor {CHECKPOINT_FILE}"):
+        load("magenta-rt", revision="no-decoder")
+    with pytest.raises(ModelError, match="applies to hub models"):
+        load("default", revision="main")
+
+
+def test_range_reads_give_exact_tensors_of_any_dtype(hub, tmp_path):
+    from spectrostream.hub import RangeReader, read_tensors_ranged
+
+    hub.bytes_sent.clear()
+    with hub_env(hub.url, tmp_path):
+        reader = RangeReader(REPO_ID, CHECKPOINT_FILE, "mixed-dtypes")
+        got = read_tensors_ranged(reader, lambda n: "soundstream" in n)
+    want = {k: v for k, v in hub.mixed.items() if "soundstream" in k}
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    assert hub.bytes_sent[CHECKPOINT_FILE] < reader.size // 8  # the 4 MiB tensor is not read
 
 
 @pytest.mark.parametrize("prefix", ["", "params/", "params/soundstream/", "soundstream/"])

@@ -459,11 +459,6 @@ class Codec:
         write_model(path, state, self.config, self.model_id, self.parts)
 
 
-def resolve_model_path(name_or_path: str | Path, revision: str | None = None) -> Path:
-    """A model file for a path or a name (``default``, ``magenta-rt``); see ``weights``."""
-    return resolve_model(name_or_path, revision)
-
-
 def _open_model_file(path: Path):
     from safetensors import SafetensorError, safe_open
 

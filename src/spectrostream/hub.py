@@ -158,13 +158,15 @@ class RangeReader:
             self.headers.pop("authorization", None)  # a signed CDN address: no token off the Hub
         self.bytes_read = 0
 
-    def read(self, begin: int, end: int, progress: Callable[[int], object] | None = None) -> bytes:
+    def read(
+        self, begin: int, end: int, progress: Callable[[int], object] | None = None
+    ) -> bytearray:
         from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
 
         if not 0 <= begin <= end <= self.size:
             raise HubError(f"{self.name}: bytes {begin}..{end} lie outside the file ({self.size})")
         headers = {**self.headers, "Range": f"bytes={begin}-{end - 1}"}
-        chunks = []
+        data = bytearray()
         with http_stream_backoff("GET", self.url, headers=headers, follow_redirects=True) as r:
             hf_raise_for_status(r)
             if r.status_code != 206:
@@ -172,10 +174,9 @@ class RangeReader:
                     f"{self.name}: the server ignored a range request (HTTP {r.status_code})"
                 )
             for chunk in r.iter_bytes(1 << 20):
-                chunks.append(chunk)
+                data += chunk
                 if progress is not None:
                     progress(len(chunk))
-        data = b"".join(chunks)
         self.bytes_read += len(data)
         if len(data) != end - begin:
             raise HubError(f"{self.name}: got {len(data)} bytes for a range of {end - begin}")
@@ -210,12 +211,11 @@ def _spans(entries: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return spans
 
 
-def read_tensors_ranged(
-    reader: RangeReader, keep: Callable[[str], bool]
-) -> dict[str, torch.Tensor]:
-    """The tensors whose names ``keep`` accepts, reading only their bytes."""
-    header, base = parse_header(reader)
-    entries = {}
+def _entries(
+    header: dict[str, dict], base: int, reader: RangeReader, keep: Callable[[str], bool]
+) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+    """name -> (dtype, shape, begin, end) in the file, checked against the file size."""
+    out = {}
     for name, info in header.items():
         if not keep(name):
             continue
@@ -230,31 +230,53 @@ def read_tensors_ranged(
             count *= s
         if e - b != count * dtype.itemsize or not base <= b <= e <= reader.size:
             raise HubError(f"{reader.name}: header entry for {name!r} does not fit the file")
-        entries[name] = (dtype, shape, b, e)
+        out[name] = (dtype, shape, b, e)
+    return out
+
+
+def read_tensors_ranged(
+    reader: RangeReader, keep: Callable[[str], bool]
+) -> dict[str, torch.Tensor]:
+    """The tensors whose names ``keep`` accepts, reading only their bytes."""
+    header, base = parse_header(reader)
+    entries = _entries(header, base, reader, keep)
     spans = _spans([(b, e) for _, _, b, e in entries.values()])
+    blobs: dict[int, bytearray] = {}
     total = sum(e - b for b, e in spans)
-    blobs = {}
+    name = Path(reader.name).name
     with tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc=Path(reader.name).name,
-        file=sys.stderr,
-        disable=None,
-        leave=False,
+        total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, disable=None
     ) as bar:
         for b, e in spans:
-            blobs[b] = memoryview(reader.read(b, e, bar.update))
+            blobs[b] = reader.read(b, e, bar.update)
     out = {}
     for name, (dtype, shape, b, e) in entries.items():
         start = max(s for s in blobs if s <= b)
-        buf = bytearray(blobs[start][b - start : e - start])
-        out[name] = (
-            torch.frombuffer(buf, dtype=dtype).reshape(shape)
-            if buf
-            else torch.empty(shape, dtype=dtype)
-        )
+        if e == b:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:  # a view into the span's buffer: no copy
+            n = (e - b) // dtype.itemsize
+            t = torch.frombuffer(blobs[start], dtype=dtype, count=n, offset=b - start)
+            out[name] = t.reshape(shape)
     return out
+
+
+def _from_checkpoint(repo_id: str, commit: str, want: tuple[str, ...]) -> tuple[str, dict]:
+    """The ``want`` parts from the Magenta RT checkpoint of the commit, by byte ranges."""
+    from huggingface_hub import errors
+
+    label = f"{repo_id}/{CHECKPOINT_FILE}@{commit[:12]}"
+    try:
+        reader = RangeReader(repo_id, CHECKPOINT_FILE, commit)
+    except errors.RemoteEntryNotFoundError as e:
+        missing = ", ".join(RESOURCE_FILES[p] for p in want)
+        raise HubError(
+            f"{repo_id}@{commit[:12]} has neither {missing} nor {CHECKPOINT_FILE}"
+        ) from e
+    tensors = read_tensors_ranged(
+        reader, lambda n: (checkpoint_name(n) or "").split("/", 1)[0] in want
+    )
+    return f"{label} ({'+'.join(want)}: {reader.bytes_read} of {reader.size} bytes read)", tensors
 
 
 def fetch_official(revision: str | None = None, repo_id: str = REPO_ID) -> Fetched:
@@ -268,24 +290,19 @@ def fetch_official(revision: str | None = None, repo_id: str = REPO_ID) -> Fetch
                 "released file holds the SpectroStream encoder; choose another revision"
             )
         commit = _commit_of(enc, RESOURCE_FILES["encoder"])  # all files from this one commit
-        local = {p: _download(repo_id, RESOURCE_FILES[p], commit) for p in ("quantizer", "decoder")}
-        files = [RESOURCE_FILES["encoder"]] + [RESOURCE_FILES[p] for p in local if local[p]]
-        checkpoint = None
-        if None in local.values():
-            reader = RangeReader(repo_id, CHECKPOINT_FILE, commit)
-            want = tuple(p for p, path in local.items() if path is None)
-            tensors = read_tensors_ranged(
-                reader, lambda n: (checkpoint_name(n) or "").split("/", 1)[0] in want
-            )
-            checkpoint = (f"{repo_id}/{CHECKPOINT_FILE}@{commit[:12]}", tensors)
-            files.append(f"{CHECKPOINT_FILE} ({'+'.join(want)}, {reader.bytes_read} bytes read)")
-
-        def labelled(part: str) -> tuple[str, dict[str, torch.Tensor]] | None:
-            path = enc if part == "encoder" else local[part]
-            label = f"{repo_id}/{RESOURCE_FILES[part]}@{commit[:12]}"
-            return None if path is None else (label, read_safetensors(path))
-
+        local = {"encoder": enc}
+        local |= {
+            p: _download(repo_id, RESOURCE_FILES[p], commit) for p in ("quantizer", "decoder")
+        }
+        sources = {
+            p: (f"{repo_id}/{RESOURCE_FILES[p]}@{commit[:12]}", read_safetensors(path))
+            for p, path in local.items()
+            if path is not None
+        }
+        want = tuple(p for p in PARTS if p not in sources)
+        checkpoint = _from_checkpoint(repo_id, commit, want) if want else None
         tensors = read_official(
-            labelled("encoder"), checkpoint, labelled("decoder"), labelled("quantizer")
+            sources["encoder"], checkpoint, sources.get("decoder"), sources.get("quantizer")
         )
+    files = [label for label, _ in sources.values()] + ([checkpoint[0]] if checkpoint else [])
     return Fetched(tensors, commit, tuple(files))

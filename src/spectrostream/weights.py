@@ -140,9 +140,11 @@ def resolve_model(name_or_path: str | Path, revision: str | None = None) -> Path
     """A model file path, or a name: ``default`` (shipped) or ``magenta-rt`` (fetched once from
     the Hub at ``revision``, default ``main``, then read from the cache with no request)."""
     p = Path(name_or_path)
+    name = str(name_or_path)
+    if revision is not None and name not in HUB_MODELS:
+        raise ModelError(f"a revision applies to hub models ({', '.join(HUB_MODELS)}), not {name}")
     if p.is_file():
         return p
-    name = str(name_or_path)
     if name in HUB_MODELS:
         cached = cached_path(name, revision)
         return cached if cached.is_file() else fetch_hub_model(name, revision)
