@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import soxr
+
+from spectrostream.audio_io import fit_length, resample, to_channels_first
 
 VISQOL_SPEECH_RATE = 16000
 VISQOL_AUDIO_RATE = 48000
@@ -63,21 +64,16 @@ class MetricError(ValueError):
 
 
 def as_channels_first(audio: np.ndarray) -> np.ndarray:
-    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``."""
-    array = np.asarray(audio, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {array.shape}")
-    return array
+    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``; MetricError if empty or of another rank."""
+    shape = np.shape(audio)
+    if len(shape) not in (1, 2) or shape[-1] == 0:
+        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {shape}")
+    return to_channels_first(audio, np.float64)
 
 
 def match_length(estimate: np.ndarray, num_samples: int) -> np.ndarray:
     """Trims or zero-pads ``estimate [C, T']`` at the end to ``[C, num_samples]``."""
-    estimate = as_channels_first(estimate)
-    if estimate.shape[1] >= num_samples:
-        return estimate[:, :num_samples]
-    return np.pad(estimate, ((0, 0), (0, num_samples - estimate.shape[1])))
+    return fit_length(as_channels_first(estimate), num_samples)
 
 
 def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +289,5 @@ class VisqolScorer:
 
 
 def _resample(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return np.asarray(channel, dtype=np.float64)
-    out = soxr.resample(np.asarray(channel, dtype=np.float64), rate_in, rate_out, quality="VHQ")
-    return np.asarray(out, dtype=np.float64)
+    """One channel ``[T]`` -> float64 ``[T']`` (audio_io's resampler, in double precision)."""
+    return resample(channel, rate_in, rate_out, dtype=np.float64)[0]
