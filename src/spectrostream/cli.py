@@ -93,7 +93,32 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model .safetensors path or built-in name (default: %(default)s)",
+        help="model .safetensors path, or a name: magenta-rt (Google's weights, downloaded once "
+        "from the Hugging Face Hub) or default (a placeholder) (default: %(default)s)",
+    )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) for magenta-rt")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
+    )
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec import load
+    from .device import rank_device
+
+    return load(
+        args.model, revision=args.revision, device=rank_device(args.device), dtype=args.dtype
     )
 
 
@@ -146,9 +171,7 @@ def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, bitstream.SUFFIX)
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _encode_one(codec, src, dst, args.kbps, args.levels)
@@ -156,9 +179,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, lambda f: f.suffix == bitstream.SUFFIX, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         _decode_one(codec, src, dst, args.sr)
@@ -168,9 +189,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_roundtrip(args: argparse.Namespace) -> int:
     import io
 
-    from .codec import load
-
-    codec = load(args.model)
+    codec = _load_codec(args)
     pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, ".wav")
     for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
         buf = io.BytesIO()
@@ -189,12 +208,55 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tokenize(args: argparse.Namespace) -> int:
+    from .tokenize import TokenizeError, tokenize
+
+    codec = _load_codec(args)
+    rank, world = _rank_world()
+    try:
+        report = tokenize(
+            codec,
+            args.input,
+            args.output,
+            codec.levels_for(args.kbps, args.levels),
+            batch=args.batch,
+            workers=args.workers,
+            shard_files=args.shard_files,
+            rank=rank,
+            world=world,
+        )
+    except TokenizeError as e:
+        raise UsageError(str(e)) from e
+    print(
+        f"{args.output}: {report.shards_written} shards written, {report.shards_skipped} already "
+        f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
+        file=sys.stderr,
+    )
+    for name, error in report.failed:
+        print(f"could not read {name}: {error}", file=sys.stderr)
+    return 0
+
+
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
+    from .weights import model_attribution
+
     with _open_in(args.input) as f:
         data = f.read()
     header, codes = bitstream.decode_stream(data)
     print(bitstream.describe(header, codes.shape[1], len(data)))
+    if (attribution := model_attribution(header.model_id)) is not None:
+        print(f"weights:     {attribution}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .weights import list_models
+
+    for m in list_models():
+        where = "not downloaded" if m.path is None else f"{m.size_bytes / 2**20:.1f} MiB, {m.path}"
+        rev = f" (revision {m.revision[:12]})" if m.revision else ""
+        print(f"{m.name:<11} {m.license:<10} {where}{rev}\n{'':<11} {m.description}")
     return 0
 
 
@@ -231,9 +293,13 @@ def run_transcode(args: argparse.Namespace) -> int:
 def run_convert_official(args: argparse.Namespace) -> int:
     from .codec import Codec
     from .official import import_official
+    from .weights import official_model_id
 
-    model, parts = import_official(args.encoder, args.checkpoint)
-    codec = Codec(model, parts=parts)
+    model, parts = import_official(
+        args.encoder, args.checkpoint, decoder=args.decoder, quantizer=args.quantizer
+    )
+    state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in parts}
+    codec = Codec(model, model_id=official_model_id(state, model.config), parts=parts)
     codec.save(args.output, fp16=args.fp16)
     print(
         f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}", file=sys.stderr
@@ -255,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=".ssc file, directory, or - for stdout")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_encode)
 
     p = sub.add_parser("decode", help=".ssc file or directory -> audio")
@@ -262,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="audio file (.wav/.flac/.ogg), directory, or - (WAV on stdout)")
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_decode)
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
@@ -270,11 +338,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.set_defaults(func=run_roundtrip)
+
+    p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
+    p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
+    p.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    _levels_args(p)
+    _model_arg(p)
+    _device_args(p)
+    p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
+    p.add_argument("--workers", type=int, default=4, help="audio decoding processes (default: 4)")
+    p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
+    p.set_defaults(func=run_tokenize)
 
     p = sub.add_parser("info", help="describe an .ssc file")
     p.add_argument("input")
     p.set_defaults(func=run_info)
+
+    p = sub.add_parser("models", help="list the named models, and which are on this machine")
+    p.set_defaults(func=run_models)
 
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
     p.add_argument("input")
@@ -284,7 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-official", help="import Google's released weights")
     p.add_argument("--encoder", help="encoder.safetensors (params/encoder/...)")
-    p.add_argument("--checkpoint", help="mrt2_*.safetensors (params/soundstream/...)")
+    p.add_argument("--decoder", help="decoder.safetensors (resources/spectrostream/)")
+    p.add_argument("--quantizer", help="quantizer.safetensors (resources/spectrostream/)")
+    p.add_argument(
+        "--checkpoint", help="mrt2_*.safetensors (params/soundstream/...): decoder and quantizer"
+    )
     p.add_argument("-o", "--output", required=True, help="output model .safetensors")
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
