@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -265,26 +266,21 @@ class VisqolScorer:
 
     def speech(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel speech-mode MOS (lattice): each channel resampled to 16 kHz."""
-        ref, est = _pair(reference, estimate)
-        scores = []
-        for r, e in zip(ref, est, strict=True):
-            r16 = _resample(r, sample_rate, VISQOL_SPEECH_RATE)
-            e16 = _resample(e, sample_rate, VISQOL_SPEECH_RATE)
-            scores.append(
-                float(self._speech.measure_from_arrays(r16, e16, VISQOL_SPEECH_RATE).moslqo)
-            )
-        return scores
+        return self._per_channel(self._speech, VISQOL_SPEECH_RATE, reference, estimate, sample_rate)
 
     def audio(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel audio-mode MOS at 48 kHz (input at another rate is resampled)."""
+        return self._per_channel(self._audio, VISQOL_AUDIO_RATE, reference, estimate, sample_rate)
+
+    @staticmethod
+    def _per_channel(
+        api: Any, rate: int, reference: np.ndarray, estimate: np.ndarray, sample_rate: int
+    ) -> list[float]:
         ref, est = _pair(reference, estimate)
         scores = []
         for r, e in zip(ref, est, strict=True):
-            r48 = _resample(r, sample_rate, VISQOL_AUDIO_RATE)
-            e48 = _resample(e, sample_rate, VISQOL_AUDIO_RATE)
-            scores.append(
-                float(self._audio.measure_from_arrays(r48, e48, VISQOL_AUDIO_RATE).moslqo)
-            )
+            r_at, e_at = _resample(r, sample_rate, rate), _resample(e, sample_rate, rate)
+            scores.append(float(api.measure_from_arrays(r_at, e_at, rate).moslqo))
         return scores
 
 
