@@ -21,6 +21,7 @@ PACKAGE = "spectrostream"
 # Layer of each module, lowest first; an import may point to the same layer or a lower one.
 # A name ending in ".*" covers a subpackage and everything in it.
 LAYERS: dict[str, tuple[str, ...]] = {
+    # the network and what it is made of; errors and configs are plain Python
     "core": (
         "config",
         "errors",
@@ -34,14 +35,22 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "metrics",
         "device",
     ),
-    "io": ("atomic", "audio_io", "bitstream", "official", "hub", "weights"),
+    # the world around the network: audio files, the .ssc format, weights, devices, atomic files
+    "io": ("audio_io", "bitstream", "official", "hub", "weights", "atomic"),
+    # the codec and what is built directly on it
     "codec": ("codec", "files", "tokenize"),
+    # applications; "" is the package itself (it re-exports the codec)
     "app": ("", "__main__", "cli", "train.*", "evaluation.*", "data.*"),
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 
 # Modules that must import without torch installed (tested in a subprocess).
-TORCH_FREE = ("spectrostream.bitstream", "spectrostream.audio_io", "spectrostream.evaluation.cli")
+TORCH_FREE = (
+    "spectrostream.bitstream",
+    "spectrostream.audio_io",
+    "spectrostream.evaluation.cli",
+    "spectrostream.data.cli",
+)
 
 
 def module_name(path: Path) -> str:

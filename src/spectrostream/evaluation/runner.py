@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from spectrostream.audio_io import is_audio_file_name, read_audio
+from spectrostream.audio_io import audio_info, is_audio_file_name, read_audio
+from spectrostream.config import SAMPLES_PER_CODE
 from spectrostream.errors import EvalError
 from spectrostream.evaluation import metrics
 from spectrostream.evaluation.baselines import (
@@ -130,8 +131,6 @@ class CodecSystem:
 
 def _code_frames(num_samples: int, sample_rate: int) -> int:
     """Code frames the codec writes for a clip: ceil(T48 / 1920) plus one look-ahead frame."""
-    from spectrostream.config import SAMPLES_PER_CODE
-
     samples_48k = -(-num_samples * SAMPLE_RATE // sample_rate)
     return -(-samples_48k // SAMPLES_PER_CODE) + 1
 
@@ -308,8 +307,6 @@ def _unique_slug(stem: str, used: set[str]) -> str:
 
 
 def _load_clip(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    from spectrostream.audio_io import audio_info
-
     source_rate = audio_info(path).sample_rate
     audio, _ = read_audio(path, sample_rate=SAMPLE_RATE)
     if max_seconds is not None:
