@@ -445,8 +445,11 @@ def _open_decoder(path: AudioSource) -> tuple[str, _Decoder]:
 
 
 def _short_sf_error(error: sf.SoundFileError) -> str:
-    text = str(error)
-    return (text.split("': ", 1)[1] if "': " in text else text).rstrip(".")
+    text = str(error)  # "Error opening '<path>': why." or, for stdin, "... <_io.BytesIO ...>: why."
+    for sep in ("': ", ">: "):
+        if sep in text:
+            return text.split(sep, 1)[1].rstrip(".")
+    return text.rstrip(".")
 
 
 class AudioReader:

@@ -257,6 +257,8 @@ class CropDataset(Dataset):
                 continue
             try:
                 crop = read_crop(self.tracks[i], start, self.crop_samples, self.channels)
+                if not np.isfinite(crop).all():  # one NaN file would end the run at step 1
+                    raise DataError("non-finite samples (NaN or Inf)")
             except Exception as e:
                 failures += 1
                 self.bad.add(i)
@@ -306,6 +308,10 @@ class ValidDataset(Dataset):
         for _ in range(4):
             start = int(rng.integers(0, max(1, total - self.crop_samples + 1)))
             crop = read_crop(track, start, self.crop_samples, self.channels)
+            if not np.isfinite(crop).all():
+                log.warning("validation file %s has non-finite samples; using silence", track.path)
+                crop = np.zeros_like(crop)
+                break
             if rms_db(crop) >= self.silence_db:
                 break
         return torch.from_numpy(crop)

@@ -329,11 +329,11 @@ class StepRunner:
         self.reset_stats()
         return out
 
-    def check_finite(self, step: int) -> None:
+    def check_finite(self, step: int, run_dir: Path) -> None:
         if bool(self.nonfinite):
             raise DivergedError(
-                f"non-finite loss (NaN/Inf) detected by step {step}; stopping. The last "
-                "checkpoint was written before this and is intact."
+                f"non-finite loss (NaN/Inf) detected by step {step}; stopping. "
+                + ckpt.describe_latest(run_dir)
             )
 
 
@@ -538,10 +538,9 @@ def _train(
 
     resume_state = None
     if resume:
-        path = ckpt.latest_checkpoint(run_dir)
-        if path is None:
+        if ckpt.latest_checkpoint(run_dir) is None:
             raise TrainingError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
-        resume_state = ckpt.load_checkpoint(path, map_location="cpu")
+        path, resume_state = ckpt.load_latest_intact(run_dir, map_location="cpu")
         if dinfo.main:
             print(f"resuming from {path} (step {resume_state['step']})", file=sys.stderr)
     elif ckpt.latest_checkpoint(run_dir) is not None:
@@ -625,7 +624,7 @@ def _train(
                 bar.update(1)
             if index % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
                 stats = runner.read_stats()
-                runner.check_finite(step)
+                runner.check_finite(step, run_dir)
                 now = time.perf_counter()
                 rate = steps_last / max(now - t_last, 1e-9)
                 t_last, steps_last = now, 0
@@ -656,7 +655,7 @@ def _train(
                 if dinfo.world > 1:
                     dist.barrier()
             if step % cfg.run.ckpt_every == 0 or step == cfg.optim.max_steps:
-                runner.check_finite(step)
+                runner.check_finite(step, run_dir)
                 rngs = _gather_rng(dinfo)
                 if dinfo.main:
                     last_ckpt = ckpt.save_checkpoint(
