@@ -21,7 +21,7 @@ PACKAGE = "spectrostream"
 # Layer of each module, lowest first; an import may point to the same layer or a lower one.
 # A name ending in ".*" covers a subpackage and everything in it.
 LAYERS: dict[str, tuple[str, ...]] = {
-    # the network and what it is made of; errors and configs are plain Python
+    # the network, what it is made of and runs on; errors and configs are plain Python
     "core": (
         "config",
         "errors",
@@ -35,7 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "metrics",
         "device",
     ),
-    # the world around the network: audio files, the .ssc format, weights, devices, atomic files
+    # the world around the network: audio files, the .ssc format, weights, atomic files
     "io": ("audio_io", "bitstream", "official", "hub", "weights", "atomic"),
     # the codec and what is built directly on it
     "codec": ("codec", "files", "tokenize"),
@@ -46,6 +46,7 @@ RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 
 # Modules that must import without torch installed (tested in a subprocess).
 TORCH_FREE = (
+    "spectrostream.cli",
     "spectrostream.bitstream",
     "spectrostream.audio_io",
     "spectrostream.evaluation.cli",
