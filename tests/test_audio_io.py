@@ -609,3 +609,13 @@ def test_channel_policy():
     np.testing.assert_allclose(to_channels(x[:2], 1, downmix=True), x[:2].mean(0, keepdims=True))
     with pytest.raises(AudioError):
         to_channels(x[:2], 3, downmix=True)
+
+
+def test_channel_policy_on_batched_tensors():
+    torch = pytest.importorskip("torch")
+    x = torch.arange(12, dtype=torch.float32).reshape(2, 1, 6)  # [B, C, T]
+    assert torch.equal(to_channels(x, 2), x.expand(2, 2, 6))
+    stereo = torch.arange(12, dtype=torch.float32).reshape(2, 6)
+    assert torch.equal(to_channels(stereo, 1, downmix=True), stereo.mean(0, keepdim=True))
+    with pytest.raises(AudioError, match="3 channels; expected 2"):
+        to_channels(torch.zeros(1, 3, 4), 2)

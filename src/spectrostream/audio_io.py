@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Self, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -64,6 +64,7 @@ BYTES_NAME = "<bytes>"
 
 # What the readers take: a path, "-" for stdin, or a whole file's bytes.
 AudioSource = str | Path | bytes
+ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor (to_channels takes either)
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -149,23 +150,23 @@ def to_channels_first(audio: np.ndarray, dtype: type[np.floating] = np.float32) 
 
 
 def to_channels(
-    audio: np.ndarray, channels: int, *, downmix: bool = False, name: str = "audio"
-) -> np.ndarray:
-    """``[C, T]`` -> ``[channels, T]``, the one channel policy.
+    audio: ArrayT, channels: int, *, downmix: bool = False, name: str = "audio"
+) -> ArrayT:
+    """``[..., C, T]`` -> ``[..., channels, T]``, the one channel policy (numpy or torch).
 
     The same count is returned as is; mono is duplicated (dual mono). More channels than
     wanted: with ``downmix`` a mono target gets the channel mean and any other target the
     first ``channels``; without it, AudioError. Any other mismatch is an AudioError.
     """
-    have = audio.shape[0]
+    have = audio.shape[-2]
     if have == channels:
         return audio
     if have == 1:
-        return np.repeat(audio, channels, axis=0)
+        return audio[..., [0] * channels, :]
     if downmix and channels == 1:
-        return audio.mean(axis=0, keepdims=True)
+        return audio.mean(axis=-2, keepdims=True)
     if downmix and have > channels:
-        return audio[:channels]
+        return audio[..., :channels, :]
     raise AudioError(
         f"{name}: {have} channels; expected {channels} (mono is duplicated); downmix first"
     )

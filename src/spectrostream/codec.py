@@ -161,20 +161,12 @@ class Codec:
     # ---- channel policy -----------------------------------------------------------------
     def to_model_channels(self, x: torch.Tensor, name: str = "audio") -> torch.Tensor:
         """[..., C, T] -> [..., model C, T]: mono becomes dual-mono; other counts are errors."""
-        c = x.shape[-2]
-        if c == self.channels:
-            return x
-        if c == 1:
-            return x.expand(*x.shape[:-2], self.channels, x.shape[-1]).contiguous()
-        raise AudioError(
-            f"{name}: {c} channels; this model codes {self.channels} "
-            f"(mono is coded as dual-mono); downmix first"
-        )
+        return audio_io.to_channels(x, self.channels, name=name)
 
     @staticmethod
     def restore_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         """[model C, T] -> [channels, T]: dual-mono back to mono (the mean), else unchanged."""
-        return x.mean(dim=0, keepdim=True) if channels == 1 and x.shape[0] != 1 else x
+        return audio_io.to_channels(x, channels, downmix=True)
 
     # ---- streaming cores (tensors in, tensors out) ---------------------------------------
     @torch.inference_mode()
