@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from spectrostream.audio_io import audio_info, is_audio_file_name, read_audio
+from spectrostream.audio_io import is_audio_file_name, read_audio, resample
 from spectrostream.config import SAMPLES_PER_CODE
 from spectrostream.errors import EvalError
 from spectrostream.evaluation import metrics
@@ -307,8 +307,8 @@ def _unique_slug(stem: str, used: set[str]) -> str:
 
 
 def _load_clip(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    source_rate = audio_info(path).sample_rate
-    audio, _ = read_audio(path, sample_rate=SAMPLE_RATE)
+    audio, source_rate = read_audio(path)
+    audio = resample(audio, source_rate, SAMPLE_RATE)
     if max_seconds is not None:
         audio = audio[:, : round(max_seconds * SAMPLE_RATE)]
     if audio.shape[1] < SAMPLE_RATE // 2:
