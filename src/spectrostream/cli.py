@@ -20,6 +20,7 @@ from . import audio_io, bitstream
 from .audio_io import AudioError
 from .config import ConfigError
 from .official import ModelError
+from .runtime import set_threads
 
 STDIO = "-"
 USER_ERRORS = (AudioError, bitstream.BitstreamError, ModelError, ConfigError)
@@ -241,6 +242,12 @@ def run_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -248,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo)."
     )
     parser.add_argument("--version", action="version", version=f"spectrostream {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads (default: 1 unless 2+ cores are idle; see docs/benchmarks.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
@@ -289,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
 
-    for module in ("evaluation.cli", "train.cli", "data.cli"):
+    for module in ("evaluation.cli", "train.cli", "data.cli", "onnx_export"):
         try:
             mod = __import__(f"spectrostream.{module}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:  # optional extras (e.g. tensorboard) not installed
@@ -303,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except (*USER_ERRORS, UsageError) as e:

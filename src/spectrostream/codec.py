@@ -23,6 +23,7 @@ from .audio_io import AudioError
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, ModelError, parts_present
+from .runtime import set_threads
 
 FORMAT_NAME = "spectrostream"
 FORMAT_VERSION = "1"
@@ -407,6 +408,7 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = 
     Strict: every tensor of each part the file declares must be present with its shape.
     Tensors are copied into the model one at a time, so loading needs little extra memory.
     """
+    set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
     path = resolve_model_path(name_or_path)
     config, meta = read_model_meta(path)
     model = SpectroStream(config)
