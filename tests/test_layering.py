@@ -34,11 +34,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "model",
         "metrics",
         "device",
+        "runtime",
+        "step",
     ),
     # the world around the network: audio files, the .ssc format, weights, devices, atomic files
     "io": ("audio_io", "bitstream", "official", "hub", "weights", "atomic"),
     # the codec and what is built directly on it
-    "codec": ("codec", "files", "tokenize"),
+    "codec": ("codec", "files", "tokenize", "onnx_export"),
     # applications; "" is the package itself (it re-exports the codec)
     "app": ("", "__main__", "cli", "train.*", "evaluation.*", "data.*"),
 }
