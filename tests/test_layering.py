@@ -40,9 +40,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the world around the network: audio files, the .ssc format, weights, atomic files
     "io": ("audio_io", "bitstream", "official", "hub", "weights", "atomic"),
     # the codec and what is built directly on it
-    "codec": ("codec", "files", "tokenize"),
+    "codec": ("codec", "files", "tokenize", "onnx_export"),
     # applications; "" is the package itself (it re-exports the codec)
-    "app": ("", "__main__", "cli", "onnx_export", "train.*", "evaluation.*", "data.*"),
+    "app": ("", "__main__", "cli", "train.*", "evaluation.*", "data.*"),
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 

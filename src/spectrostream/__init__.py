@@ -6,8 +6,12 @@ torch-free format layer) and the command line's light subcommands do not import 
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+# Before torch loads OpenMP: waiting threads sleep instead of spinning (see runtime.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from .codec import Codec, load

@@ -276,6 +276,12 @@ def run_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -283,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo)."
     )
     parser.add_argument("--version", action="version", version=f"spectrostream {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads (default: 1 unless 2+ cores are idle; see docs/benchmarks.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
@@ -358,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
 
-    for module in ("evaluation.cli", "train.cli", "data.cli"):
+    for module in ("evaluation.cli", "train.cli", "data.cli", "onnx_export"):
         try:
             mod = __import__(f"spectrostream.{module}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:  # optional extras (e.g. tensorboard) not installed
@@ -373,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; the exit status comes from :func:`errors.exit_status`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        from .runtime import set_threads  # imports torch: only when asked
+
+        set_threads(args.threads)
     return exit_status(args.func)(args)
 
 

@@ -23,6 +23,7 @@ from .device import exact_fp32, resolve_device, resolve_dtype
 from .errors import AudioError, BitstreamError, ModelError, UsageError
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, parts_present
+from .runtime import set_threads
 from .weights import (
     DEFAULT_MODEL,
     FORMAT_NAME,
@@ -528,6 +529,7 @@ def load(
     config and the tensor shapes are checked before the network is built, and tensors are
     copied into it one at a time, so loading needs little extra memory.
     """
+    set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)

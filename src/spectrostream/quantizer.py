@@ -6,6 +6,14 @@ import torch
 from torch import nn
 
 
+def nearest_code(x: torch.Tensor, codebook_t: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Greedy search step: x [M, D], codebook_t [D, K] (codewords as columns), norms [K] =
+    ||c||^2 -> index [M] of the nearest codeword in squared L2 (||x||^2, common to all codes,
+    is left out). A contiguous ``codebook_t`` is read row by row, the fast layout for M = 1.
+    """
+    return (norms - 2.0 * x @ codebook_t).argmin(dim=1)
+
+
 class ResidualVQ(nn.Module):
     """Codebooks [Q, K, D] (a buffer: they are EMA-trained, not by gradient)."""
 
@@ -17,21 +25,24 @@ class ResidualVQ(nn.Module):
         self.register_buffer(
             "codebooks", torch.randn(num_quantizers, codebook_size, dim) * scale[:, None, None]
         )
-        self._norms_key: tuple = ()
-        self._norms: list[torch.Tensor] = []
+        self._tables_key: tuple = ()
+        self._tables: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
 
-    def _codebook_norms(self) -> list[torch.Tensor]:
-        """||c||^2 per level [K], cached until the codebooks change (in place, moved or replaced).
+    def search_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codebooks transposed [Q, D, K], contiguous; ||c||^2 [Q, K]) for :func:`nearest_code`.
 
-        Computed level by level exactly as before caching, so distances are bit-identical.
+        Cached until the codebooks change (in place, moved or replaced). The norms are computed
+        level by level, as the search always did, so distances are bit-identical.
         """
         cbs = self.codebooks
         key = (cbs.data_ptr(), cbs._version, cbs.dtype, cbs.device, tuple(cbs.shape))
-        if key != self._norms_key:
+        if key != self._tables_key:
             with torch.no_grad():
-                self._norms = [(cb * cb).sum(1) for cb in cbs.float()]
-            self._norms_key = key
-        return self._norms
+                cbf = cbs.float()
+                norms = torch.stack([(cb * cb).sum(1) for cb in cbf])
+                self._tables = (cbf.transpose(1, 2).contiguous(), norms)
+            self._tables_key = key
+        return self._tables
 
     def _levels(self, n_levels: int | None) -> int:
         n = self.num_quantizers if n_levels is None else int(n_levels)
@@ -53,12 +64,10 @@ class ResidualVQ(nn.Module):
         residual = emb.detach().float().transpose(1, 2).reshape(b * t, d)
         total = torch.zeros_like(residual)
         codes = []
-        norms = self._codebook_norms()
+        cb_t, norms = self.search_tables()
         for level in range(n):
-            cb = self.codebooks[level].float()
-            dist = norms[level] - 2.0 * residual @ cb.t()  # ||r||^2 is common to all codes
-            idx = dist.argmin(dim=1)
-            chosen = cb[idx]
+            idx = nearest_code(residual, cb_t[level], norms[level])
+            chosen = self.codebooks[level].float()[idx]
             residual = residual - chosen
             total = total + chosen
             codes.append(idx)

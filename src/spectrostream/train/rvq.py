@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..quantizer import nearest_code
 from .config import QuantizerTrainConfig
 
 # Paper schedule for Q = 64: 1..16 step 1, 18..32 step 2, 36..64 step 4 (32 values, uniform).
@@ -68,7 +69,7 @@ def _dist_on() -> bool:
 
 def _nearest(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     """x [M, D], cb [K, D] -> index [M] of the nearest codeword (squared L2)."""
-    return ((cb * cb).sum(1) - 2.0 * x @ cb.t()).argmin(dim=1)
+    return nearest_code(x, cb.t(), (cb * cb).sum(1))
 
 
 def kmeans(
