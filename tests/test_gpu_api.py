@@ -79,6 +79,14 @@ def test_exact_fp32_forces_ieee_and_restores():
         assert knob.fp32_precision == "bf16"
     finally:
         knob.fp32_precision = before
+    # CUDA: cuDNN convolutions default to TF32; fp32 mode turns that off, the search alone not.
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with exact_fp32(torch.device("cuda"), convs=True):
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before
+    with exact_fp32(torch.device("cuda"), convs=False):
+        assert conv.fp32_precision == before
 
 
 def test_fp32_codes_equal_the_plain_model(codec):

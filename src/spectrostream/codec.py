@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ class Codec:
             net.register_forward_pre_hook(lambda m, args: (args[0].to(dtype),))
             net.register_forward_hook(lambda m, args, out: out.float())
 
-    def _exact(self):
+    def _exact(self) -> AbstractContextManager[None]:
         """IEEE float32 for the RVQ search (and for the convolutions in fp32 mode)."""
         return exact_fp32(self.device, convs=self._dtype == torch.float32)
 

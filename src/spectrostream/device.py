@@ -84,28 +84,29 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def _precision_knobs(device: torch.device, convs: bool) -> list[object]:
-    """The backend objects whose ``fp32_precision`` decides how fp32 matmuls/convs compute."""
+    """The backend objects whose ``fp32_precision`` decides how fp32 matmuls/convs compute
+    (torch >= 2.9; absent ones are skipped)."""
     b = torch.backends
-    if device.type == "cuda":
-        return [b.cuda.matmul] + ([b.cudnn.conv] if convs else [])
-    if device.type == "cpu":
-        return [b.mkldnn.matmul] + ([b.mkldnn.conv] if convs else [])
-    return []
+    names = {"cuda": (b.cuda, b.cudnn), "cpu": (b.mkldnn, b.mkldnn)}.get(device.type)
+    if names is None:
+        return []
+    knobs = [getattr(names[0], "matmul", None)] + (
+        [getattr(names[1], "conv", None)] if convs else []
+    )
+    return [k for k in knobs if k is not None and hasattr(k, "fp32_precision")]
 
 
 @contextmanager
 def exact_fp32(device: torch.device, convs: bool) -> Iterator[None]:
     """IEEE float32 matmuls (and convs if ``convs``) on ``device`` inside the block.
 
-    Only settings that are not already IEEE are touched ("none" inherits the IEEE default, except
-    cuDNN convs, whose default is TF32), and they are put back on exit.
+    Settings not already IEEE are set (cuDNN convs default to TF32; "none" inherits a parent
+    setting, which may be TF32) and put back on exit, through the ``fp32_precision`` API only.
     """
-    knobs = [k for k in _precision_knobs(device, convs) if hasattr(k, "fp32_precision")]
     changed = []
-    for knob in knobs:
+    for knob in _precision_knobs(device, convs):
         old = knob.fp32_precision
-        inherits_ieee = old == "none" and knob is not torch.backends.cudnn.conv
-        if old != "ieee" and not inherits_ieee:
+        if old != "ieee":
             knob.fp32_precision = "ieee"
             changed.append((knob, old))
     try:
