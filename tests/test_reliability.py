@@ -429,3 +429,46 @@ def test_stdin_errors_and_messages_name_no_internals(model, tmp_path, here):
     r = here("decode", tmp_path / "x.ssc", tmp_path / "o.xyz", "--model", model)
     line = assert_one_line_error(r)
     assert atomic.TEMP_PREFIX not in line
+
+
+def test_eval_report_markdown_carries_no_html_from_file_names():
+    from spectrostream.evaluation.report import render_markdown
+    from spectrostream.evaluation.runner import ClipResult, EvalReport, EvalSettings
+
+    clip = ClipResult(name="<img src=x onerror=alert(1)>|.wav", path="p", error="bad <b>x</b>")
+    settings = EvalSettings(kbps=(1.0,), visqol=False, listen_format="flac")
+    md = render_markdown(EvalReport(settings, {"spectrostream": "S"}, [clip], {}, None, 0.0))
+    assert "<img" not in md and "<b>" not in md
+    assert "&lt;img src=x onerror=alert(1)&gt;\\|.wav: failed to load: bad &lt;b&gt;" in md
+
+
+def test_exit_statuses_come_from_one_handler(monkeypatch, capsys):
+    from spectrostream import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def broken(args):
+        raise OSError(errno.EACCES, "Permission denied", "/some/path")
+
+    for func, code in ((interrupted, 130), (broken, 2)):
+        monkeypatch.setattr(cli, "run_info", func)
+        assert main(["info", "x.ssc"]) == code
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "spectrostream: error: /some/path: Permission denied"
+    )
+
+
+def test_model_files_are_written_atomically(codec, tmp_path, monkeypatch):
+    target = tmp_path / "m.safetensors"
+    codec.save(target)
+    before = digest(target)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OSError, match="No space") as e:
+        codec.save(target)
+    assert e.value.filename == str(target)
+    assert digest(target) == before and no_temp_files(tmp_path)

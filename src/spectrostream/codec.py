@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import audio_io, bitstream
+from .atomic import atomic_path
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from .errors import AudioError, BitstreamError, ModelError, UsageError
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
@@ -294,9 +295,8 @@ class Codec:
             "model_id": self.model_id,
             "parts": ",".join(self.parts),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata=meta)
+        with atomic_path(path) as tmp:  # a model file appears complete or not at all
+            save_file(state, tmp, metadata=meta)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
