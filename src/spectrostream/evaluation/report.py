@@ -202,15 +202,20 @@ def _md(text: str) -> str:
     return html.escape(" ".join(text.split())).replace("|", "\\|").replace("`", "&#96;")
 
 
+def _code(name: str) -> str:
+    """A file name as a Markdown code span (shown literally, HTML included)."""
+    return "`" + " ".join(name.split()).replace("`", "'") + "`"
+
+
 def _failures(report: EvalReport) -> list[str]:
     lines = []
     for clip in report.clips:
         if clip.error is not None:
-            lines.append(f"- {_md(clip.name)}: failed to load: {_md(clip.error)}")
+            lines.append(f"- {_code(clip.name)}: failed to load: {_md(clip.error)}")
         if clip.ceiling_error is not None:
-            lines.append(f"- {_md(clip.name)}: ceiling score failed: {_md(clip.ceiling_error)}")
+            lines.append(f"- {_code(clip.name)}: ceiling score failed: {_md(clip.ceiling_error)}")
         for cell in clip.cells:
-            where = f"{_md(clip.name)} {cell.system} {cell.requested_kbps:g}"
+            where = f"{_code(clip.name)} {cell.system} {cell.requested_kbps:g}"
             if cell.error is not None:
                 lines.append(f"- {where}: {_md(cell.error)}")
             for metric, message in cell.metric_errors.items():
