@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,6 +74,27 @@ def run_cli(*args: object, stdin: bytes | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """The same command run in this process (``main``): a CompletedProcess-like result.
+
+    Each test runs its first case through a real subprocess (``run_cli``); the rest go through
+    the same entry point here, which is several seconds faster per call."""
+
+    def run(*args: object, stdin: bytes | None = None) -> SimpleNamespace:
+        capsys.readouterr()
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(stdin)))
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stderr=captured.err.encode())
+
+    return run
+
+
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     err = r.stderr.decode()
     assert r.returncode == 2, err
@@ -88,7 +111,7 @@ def no_temp_files(folder: Path) -> bool:
 
 
 # ---- data loss and corruption --------------------------------------------------------------
-def test_directory_outputs_keep_the_source_extension(model, tmp_path):
+def test_directory_outputs_keep_the_source_extension(model, tmp_path, here):
     """a.wav and a.flac used to map to one a.ssc; roundtrip DIR DIR overwrote e.wav."""
     src = tmp_path / "music"
     write(src / "a.wav", 0.5, seed=1)
@@ -101,17 +124,17 @@ def test_directory_outputs_keep_the_source_extension(model, tmp_path):
         for p in (tmp_path / "codes").iterdir()
     }
     assert lengths == {"a.wav.ssc": 22050, "a.flac.ssc": 35280}
-    r = run_cli("decode", tmp_path / "codes", tmp_path / "dec", "--model", model)
+    r = here("decode", tmp_path / "codes", tmp_path / "dec", "--model", model)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["a.flac.wav", "a.wav.wav"]
     assert sf.info(str(tmp_path / "dec" / "a.flac.wav")).frames == 35280
-    r = run_cli("roundtrip", src, src, "--levels", "2", "--model", model)
+    r = here("roundtrip", src, src, "--levels", "2", "--model", model)
     assert r.returncode == 0, r.stderr
     assert {p.name: digest(p) for p in src.iterdir() if p.name in before} == before
     assert sf.info(str(src / "a.flac.wav")).frames == 35280
 
 
-def test_output_that_is_an_input_is_refused(model, tmp_path):
+def test_output_that_is_an_input_is_refused(model, tmp_path, here):
     x = write(tmp_path / "x.wav")
     h = digest(x)
     os.link(x, tmp_path / "hard.wav")
@@ -122,8 +145,8 @@ def test_output_that_is_an_input_is_refused(model, tmp_path):
         ("roundtrip", x, tmp_path / "hard.wav"),
         ("encode", x, tmp_path / "sym.ssc"),
     ]
-    for case in cases:
-        r = run_cli(*case, "--model", model)
+    for i, case in enumerate(cases):
+        r = (run_cli if i == 0 else here)(*case, "--model", model)
         assert_one_line_error(r, "refusing to overwrite the input")
     assert digest(x) == h and digest(tmp_path / "hard.wav") == h
 
@@ -160,7 +183,7 @@ def test_temp_files_are_unique_and_never_left_behind(tmp_path):
 
 def test_two_processes_writing_one_output_leave_one_whole_file(model, tmp_path):
     """Both racers used to share OUT.part: a CRC-broken file was reported as success."""
-    a, b = write(tmp_path / "a.wav", 3.0, seed=1), write(tmp_path / "b.wav", 3.0, seed=2)
+    a, b = write(tmp_path / "a.wav", 1.5, seed=1), write(tmp_path / "b.wav", 1.5, seed=2)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     out = tmp_path / "same.ssc"
     cmd = [sys.executable, "-m", "spectrostream", "encode"]
@@ -170,7 +193,7 @@ def test_two_processes_writing_one_output_leave_one_whole_file(model, tmp_path):
     ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     header, _ = bitstream.decode_stream(out.read_bytes())  # CRCs all check
-    assert header.num_samples == 3 * 44100 and no_temp_files(tmp_path)
+    assert header.num_samples == 66150 and no_temp_files(tmp_path)
 
 
 def _cut_before_end(model: Path, tmp_path: Path) -> tuple[Path, int]:
@@ -182,14 +205,14 @@ def _cut_before_end(model: Path, tmp_path: Path) -> tuple[Path, int]:
     return cut, len(data)
 
 
-def test_truncated_stream_error_says_what_is_intact_and_salvage_decodes_it(model, tmp_path):
+def test_truncated_stream_error_says_what_is_intact_and_salvage_decodes_it(model, tmp_path, here):
     cut, _ = _cut_before_end(model, tmp_path)
     r = run_cli("decode", cut, tmp_path / "out.wav", "--model", model)
     line = assert_one_line_error(r, "truncated", "are intact", "--salvage")
     intact = float(line.split("the first ")[1].split(" s")[0])
     assert 2.5 < intact < 4.0
     assert not (tmp_path / "out.wav").exists() and no_temp_files(tmp_path)
-    r = run_cli("decode", cut, tmp_path / "out.wav", "--salvage", "--model", model)
+    r = here("decode", cut, tmp_path / "out.wav", "--salvage", "--model", model)
     assert r.returncode == 0 and b"salvaged" in r.stderr, r.stderr
     frames = sf.info(str(tmp_path / "out.wav")).frames
     assert abs(frames / 44100 - intact) < 0.1
@@ -394,15 +417,59 @@ def test_roundtrip_reports_the_bit_rate_of_compressed_input(model, tmp_path):
     assert b"kbps actual, 4 levels" in r.stderr
 
 
-def test_stdin_errors_and_messages_name_no_internals(model, tmp_path):
+def test_stdin_errors_and_messages_name_no_internals(model, tmp_path, here):
     r = run_cli("decode", "-", tmp_path / "o.wav", "--model", model, stdin=b"SPSC\x01garbage")
     line = assert_one_line_error(r)
     assert "object at 0x" not in line and atomic.TEMP_PREFIX not in line
-    r = run_cli("encode", "-", tmp_path / "o.ssc", "--model", model, stdin=b"not audio at all")
+    r = here("encode", "-", tmp_path / "o.ssc", "--model", model, stdin=b"not audio at all")
     line = assert_one_line_error(r, "<stdin>")
     assert "object at 0x" not in line
     x = write(tmp_path / "x.wav")
     assert main(["encode", str(x), str(tmp_path / "x.ssc"), "--model", str(model)]) == 0
-    r = run_cli("decode", tmp_path / "x.ssc", tmp_path / "o.xyz", "--model", model)
+    r = here("decode", tmp_path / "x.ssc", tmp_path / "o.xyz", "--model", model)
     line = assert_one_line_error(r)
     assert atomic.TEMP_PREFIX not in line
+
+
+def test_eval_report_markdown_carries_no_html_from_file_names():
+    from spectrostream.evaluation.report import render_markdown
+    from spectrostream.evaluation.runner import ClipResult, EvalReport, EvalSettings
+
+    clip = ClipResult(name="<img src=x onerror=alert(1)>|.wav", path="p", error="bad <b>x</b>")
+    settings = EvalSettings(kbps=(1.0,), visqol=False, listen_format="flac")
+    md = render_markdown(EvalReport(settings, {"spectrostream": "S"}, [clip], {}, None, 0.0))
+    table_rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert not any("<img" in line for line in table_rows) and "<b>" not in md
+    assert "- `<img src=x onerror=alert(1)>|.wav`: failed to load: bad &lt;b&gt;x" in md
+
+
+def test_exit_statuses_come_from_one_handler(monkeypatch, capsys):
+    from spectrostream import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def broken(args):
+        raise OSError(errno.EACCES, "Permission denied", "/some/path")
+
+    for func, code in ((interrupted, 130), (broken, 2)):
+        monkeypatch.setattr(cli, "run_info", func)
+        assert main(["info", "x.ssc"]) == code
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "spectrostream: error: /some/path: Permission denied"
+    )
+
+
+def test_model_files_are_written_atomically(codec, tmp_path, monkeypatch):
+    target = tmp_path / "m.safetensors"
+    codec.save(target)
+    before = digest(target)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OSError, match="No space") as e:
+        codec.save(target)
+    assert e.value.filename == str(target)
+    assert digest(target) == before and no_temp_files(tmp_path)

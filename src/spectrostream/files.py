@@ -288,6 +288,8 @@ def decode_file(
 
     with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
         written = _write_decoded(codec, packets(), out, header.channels, sr, tail_frames)
+        if damage and written == 0:
+            raise BitstreamError(f"{name}: {damage[0]}; nothing before the damage is intact")
     return Decoded(header, reader.num_samples, written / sr, damage[0] if damage else None)
 
 
@@ -369,7 +371,8 @@ def run_batch(
     failures = report.failures
     if failures:
         for src, message in failures:
-            print(f"spectrostream: failed: {src}: {message}", file=sys.stderr)
+            named = message if message.startswith(src) else f"{src}: {message}"
+            print(f"spectrostream: failed: {named}", file=sys.stderr)
         raise BatchError(
             f"{len(failures)} of {len(pairs)} files failed (listed above); the other outputs "
             "are complete",

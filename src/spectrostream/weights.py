@@ -13,16 +13,15 @@ repositories in the Hub's layout, and its tools report anything else as corrupt.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .config import ModelConfig, official_config
 from .official import ATTRIBUTION, LICENSE, MODEL_ID_PREFIX, PARTS, ModelError
 
@@ -89,14 +88,8 @@ def write_model(
         "parts": ",".join(parts),
         **(extra or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
 
 
 def cache_dir() -> Path:
