@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    set_threads(args.threads)
+    if args.threads is not None:  # else load() applies the default (inference only)
+        set_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except (*USER_ERRORS, UsageError) as e:
