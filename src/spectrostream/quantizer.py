@@ -53,26 +53,35 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def encode(self, emb: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
         """emb [B, D, N] -> codes [B, L, N] (int64)."""
-        return self.quantize(emb, n_levels)[0]
+        return self._search(emb, n_levels, dequantize=False)[0]
 
     def quantize(
         self, emb: torch.Tensor, n_levels: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """emb [B, D, N] -> (codes [B, L, N], dequantized [B, D, N])."""
+        codes, total = self._search(emb, n_levels, dequantize=True)
+        b, d, t = emb.shape
+        return codes, total.reshape(b, t, d).transpose(1, 2).to(emb.dtype)
+
+    def _search(
+        self, emb: torch.Tensor, n_levels: int | None, dequantize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Greedy residual search -> (codes [B, L, N], sum of the chosen codewords [B N, D])."""
         n = self._levels(n_levels)
         b, d, t = emb.shape
         residual = emb.detach().float().transpose(1, 2).reshape(b * t, d)
-        total = torch.zeros_like(residual)
+        total = torch.zeros_like(residual) if dequantize else None
         codes = []
         cb_t, norms = self.search_tables()
+        cbs = self.codebooks.float()
         for level in range(n):
             idx = nearest_code(residual, cb_t[level], norms[level])
-            chosen = self.codebooks[level].float()[idx]
+            chosen = cbs[level][idx]
             residual = residual - chosen
-            total = total + chosen
+            if total is not None:
+                total = total + chosen
             codes.append(idx)
-        codes_t = torch.stack(codes, 1).reshape(b, t, n).permute(0, 2, 1)
-        return codes_t, total.reshape(b, t, d).transpose(1, 2).to(emb.dtype)
+        return torch.stack(codes, 1).reshape(b, t, n).permute(0, 2, 1), total
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, N] -> [B, D, N]."""
