@@ -38,7 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spectrostream import load
-from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config
+from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
 from spectrostream.decoder import LookaheadTrim
 from spectrostream.dsp import ISTFT, STFT
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
@@ -52,6 +52,8 @@ def build_model(name: str) -> SpectroStream:
     if name == "default":
         return load().model.eval()
     torch.manual_seed(0)
+    if name == "tiny":  # the same op count per step with almost no compute: the overhead floor
+        return SpectroStream(tiny_config(num_quantizers=64, codebook_size=1024)).eval()
     cfg = official_config() if name == "official" else small_config()
     return SpectroStream(cfg).eval()
 
@@ -227,7 +229,7 @@ def summarize(step: list[float], off: list[tuple[float, float]], audio_s: float,
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", choices=("official", "small", "default"), default="official")
+    p.add_argument("--config", choices=("official", "small", "default", "tiny"), default="official")
     p.add_argument("--seconds", type=float, default=6.0, help="audio length (default 6)")
     p.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
     p.add_argument("--repeats", type=int, default=2, help="offline repetitions (default 2)")
