@@ -30,6 +30,7 @@ class NetworkStep(nn.Module):
             raise RuntimeError("the network has an open stream")
         self.net = net
         self.example_shape = tuple(example.shape)
+        # One step from the fresh state tells which layers buffer frames, and their shapes.
         set_streaming(net, True)
         try:
             with torch.no_grad():
@@ -46,12 +47,9 @@ class NetworkStep(nn.Module):
             set_streaming(net, False)
 
     def initial_state(self) -> list[torch.Tensor]:
-        """The fresh state: zeros (the causal padding)."""
-        dev = self.example_device()
+        """The fresh state: zeros (the causal padding), one tensor per buffering layer."""
+        dev = next(self.net.parameters()).device
         return [torch.zeros(s, device=dev) for s in self.state_shapes]
-
-    def example_device(self) -> torch.device:
-        return next(self.net.parameters()).device
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if tuple(x.shape) != self.example_shape or len(state) != len(self._layers):
