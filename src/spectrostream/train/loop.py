@@ -34,22 +34,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from ..config import SAMPLE_RATE, ModelConfig
+from ..config import SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from ..model import SpectroStream
 from . import checkpoint as ckpt
+from .balance import output_gradient
 from .config import TrainConfig
 from .data import CropDataset, StepBatchSampler, ValidDataset, build_split, worker_seeder
 from .discriminators import MultiScaleSTFTDiscriminator
+from .init import calibrate
 from .losses import (
     MultiScaleMelLoss,
+    compressed_stft_loss,
     discriminator_hinge,
     feature_matching,
     generator_adversarial,
+    sdr_loss,
     si_sdr,
     stft_l1,
     waveform_l1,
 )
 from .rvq import QuantizerTrainer, RVQOutput, codebook_stats
+from .stages import fit_codebooks, needs_fit, stage
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +112,24 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 class GeneratorStep(nn.Module):
-    """x [B, C, T] -> (y [B, C, (N - 1) * 1920], RVQOutput); the unit DDP wraps."""
+    """x [B, C, T] -> (y [B, C, (N - 1) * 1920], RVQOutput or None); the unit DDP wraps.
+
+    ``quantize=False`` is the autoencoder stage: the decoder gets the embedding plus Gaussian
+    noise of ``noise`` times its (detached) standard deviation.
+    """
 
     def __init__(self, model: SpectroStream, rvq: QuantizerTrainer) -> None:
         super().__init__()
         self.model, self.rvq = model, rvq
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RVQOutput]:
+    def forward(
+        self, x: torch.Tensor, quantize: bool = True, noise: float = 0.0
+    ) -> tuple[torch.Tensor, RVQOutput | None]:
         emb = self.model.encode_embeddings(x)
+        if not quantize:
+            if noise > 0:
+                emb = emb + noise * emb.detach().float().std() * torch.randn_like(emb)
+            return self.model.decode_embeddings(emb), None
         q = self.rvq(emb, self.model.quantizer.codebooks)
         return self.model.decode_embeddings(q.quantized), q
 
@@ -179,6 +194,8 @@ def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Ne
     model = build_model(model_cfg)
     if init is not None:
         load_init_weights(model, init)
+    elif cfg.optim.calibrate_init:
+        calibrate(model)
     rvq = QuantizerTrainer(
         model_cfg.num_quantizers,
         model_cfg.codebook_size,
@@ -251,74 +268,99 @@ class StepRunner:
     def set_lr(self, step: int) -> None:
         o = self.cfg.optim
         scale = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+        betas = o.gan_betas if self._adversarial(step) else o.betas
         for opt in (self.nets.opt_g, self.nets.opt_d):
             for g in opt.param_groups:
                 g["lr"] = o.lr * scale
+                g["betas"] = betas
+
+    def _adversarial(self, step: int) -> bool:
+        adv_on = self.lambdas["adv/gen"] > 0 or self.lambdas["adv/feat"] > 0
+        return adv_on and step >= self.cfg.loss.adv_start_step
 
     def step(self, x: torch.Tensor, step: int) -> None:
         cfg, nets = self.cfg, self.nets
         self.set_lr(step)
-        # No discriminator work at all when both adversarial weights are 0.
-        adv_on = self.lambdas["adv/gen"] > 0 or self.lambdas["adv/feat"] > 0
-        adversarial = adv_on and step >= cfg.loss.adv_start_step
-        clip = cfg.optim.grad_clip
+        adversarial = self._adversarial(step)  # no discriminator work at all when off
+        quantize = stage(cfg, step) == "rvq"
         with _autocast(cfg, self.device):
-            y, q = nets.gen_step(x)
+            y, q = nets.gen_step(x, quantize, cfg.quantizer.ae_noise)
         x_ref = x[..., : y.shape[-1]]
-        b = x.shape[0]
-
-        # Discriminator step.
         if adversarial:
-            with _autocast(cfg, self.device):
-                logits, _ = nets.disc_run(torch.cat([x_ref, y.detach()]))
-            real, fake = _split(logits, b)
-            d_loss = discriminator_hinge(real, fake)
-            nets.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            gn_d = torch.nn.utils.clip_grad_norm_(nets.disc.parameters(), clip)
-            nets.opt_d.step()
-            self._acc("d/loss", d_loss)
-            self._acc("grad/disc_norm", gn_d)
-            self.nonfinite |= ~torch.isfinite(d_loss)
-
-        # Generator step.
-        losses: dict[str, torch.Tensor] = {}
+            self._disc_step(x_ref, y)
+        losses = self._output_losses(x_ref, y, adversarial)
         lam = self.lambdas
-        if lam["mel/loss"] > 0:
-            losses["mel/loss"] = self.mel(x_ref, y)
-        if adversarial:
-            nets.disc.requires_grad_(False)
-            try:
-                with _autocast(cfg, self.device):
-                    logits, feats = nets.disc(torch.cat([x_ref, y]))
-            finally:
-                nets.disc.requires_grad_(True)
-            _, fake_logits = _split(logits, b)
-            real_feats, fake_feats = zip(*(_split(f, b) for f in feats), strict=True)
-            losses["adv/gen"] = generator_adversarial(fake_logits)
-            losses["adv/feat"] = feature_matching(real_feats, fake_feats)
-        losses["vq/commit"] = q.commit
-        if lam["aux/stft"] > 0:
-            losses["aux/stft"] = stft_l1(x_ref, y)
-        if lam["aux/wave"] > 0:
-            losses["aux/wave"] = waveform_l1(x_ref, y)
-        total = sum(lam[k] * v for k, v in losses.items())
+        grad_y, shares = output_gradient(losses, y, lam, cfg.loss.balance)
         nets.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        gn_g = torch.nn.utils.clip_grad_norm_(nets.model.parameters(), clip)
+        if q is not None:
+            torch.autograd.backward([y, lam["vq/commit"] * q.commit], [grad_y, None])
+        else:
+            y.backward(grad_y)
+        gn_g = torch.nn.utils.clip_grad_norm_(nets.model.parameters(), self.cfg.optim.grad_clip)
         nets.opt_g.step()
 
+        total = sum(lam[k] * v.detach() for k, v in losses.items())
+        if q is not None:
+            losses["vq/commit"] = q.commit
+            total = total + lam["vq/commit"] * q.commit.detach()
         self.nonfinite |= ~torch.isfinite(total)
         for k, v in losses.items():
             self._acc(k, v)
+        for k, v in shares.items():
+            self._acc(f"share/{k}", v)
         self._acc("loss/generator", total)
         self._acc("grad/gen_norm", gn_g)
         with torch.no_grad():
             self._acc("metrics/si_sdr", si_sdr(x_ref, y.detach()).mean())
-            self._acc("vq/levels_mean", q.n_levels.float().mean())
-            self._acc("vq/bypass_share", q.bypass.float().mean())
-        self.last_counts = q.counts
+            if q is not None:
+                self._acc("vq/levels_mean", q.n_levels.float().mean())
+                self._acc("vq/bypass_share", q.bypass.float().mean())
+                self.last_counts = q.counts
         self.n += 1
+
+    def _disc_step(self, x_ref: torch.Tensor, y: torch.Tensor) -> None:
+        nets, b = self.nets, x_ref.shape[0]
+        with _autocast(self.cfg, self.device):
+            logits, _ = nets.disc_run(torch.cat([x_ref, y.detach()]))
+        real, fake = _split(logits, b)
+        d_loss = discriminator_hinge(real, fake)
+        nets.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        gn_d = torch.nn.utils.clip_grad_norm_(nets.disc.parameters(), self.cfg.optim.grad_clip)
+        nets.opt_d.step()
+        self._acc("d/loss", d_loss)
+        self._acc("grad/disc_norm", gn_d)
+        self.nonfinite |= ~torch.isfinite(d_loss)
+
+    def _output_losses(
+        self, x_ref: torch.Tensor, y: torch.Tensor, adversarial: bool
+    ) -> dict[str, torch.Tensor]:
+        """Every enabled loss that reads the decoded audio y."""
+        lam, lc = self.lambdas, self.cfg.loss
+        losses: dict[str, torch.Tensor] = {}
+        if lam["mel/loss"] > 0:
+            losses["mel/loss"] = self.mel(x_ref, y)
+        if adversarial:
+            b = x_ref.shape[0]
+            self.nets.disc.requires_grad_(False)
+            try:
+                with _autocast(self.cfg, self.device):
+                    logits, feats = self.nets.disc(torch.cat([x_ref, y]))
+            finally:
+                self.nets.disc.requires_grad_(True)
+            _, fake_logits = _split(logits, b)
+            real_feats, fake_feats = zip(*(_split(f, b) for f in feats), strict=True)
+            losses["adv/gen"] = generator_adversarial(fake_logits)
+            losses["adv/feat"] = feature_matching(real_feats, fake_feats)
+        if lam["aux/stft"] > 0:
+            losses["aux/stft"] = stft_l1(x_ref, y)
+        if lam["aux/wave"] > 0:
+            losses["aux/wave"] = waveform_l1(x_ref, y)
+        if lam["wave/sdr"] > 0:
+            losses["wave/sdr"] = sdr_loss(x_ref, y, lc.sdr_scale_invariant)
+        if lam["stft/compressed"] > 0:
+            losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
+        return losses
 
     def read_stats(self) -> dict[str, float]:
         """Averages since the last read (one host sync), plus codebook stats of the last step."""
@@ -349,26 +391,58 @@ class StepRunner:
 
 @torch.no_grad()
 def validate(
-    cfg: TrainConfig, nets: Nets, loader: DataLoader, mel: MultiScaleMelLoss, device: torch.device
+    cfg: TrainConfig,
+    nets: Nets,
+    loader: DataLoader,
+    mel: MultiScaleMelLoss,
+    device: torch.device,
+    step: int,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Mel distance and SI-SDR at 4/8/16 kbps (and unquantized); examples for the first items."""
+    """Scores that expose the known failure modes, and audio examples for the first items.
+
+    - mel distance and SI-SDR unquantized ("bypass") and at 4/8/16 kbps once the codebooks are
+      fitted (identical scores at every rate mean the codes are ignored);
+    - top-4 PCA share of the latent frames (near 1: a collapsed latent);
+    - relative output change when 5% Gaussian noise is added to the latent (near 0: the
+      decoder ignores the latent);
+    - distinct codes per level on the validation crops, and dead codes (EMA usage below the
+      restart threshold) per level.
+    """
     model = nets.model
     model.eval()
-    levels = {k: model.config.levels_for_kbps(k) for k in VALID_KBPS}
+    quantized = bool(nets.rvq.initialized)
+    levels = {k: model.config.levels_for_kbps(k) for k in VALID_KBPS} if quantized else {}
     sums: dict[str, float] = {}
     count = 0
     examples: dict[str, Any] = {}
+    latents, used = [], []
+    gen = torch.Generator(device=device).manual_seed(1234)
     try:
         for x in loader:
             x = x.to(device, non_blocking=True)
             with _autocast(cfg, device):
-                emb = model.encode_embeddings(x)
-            outs = {"bypass": emb.float()}
+                emb = model.encode_embeddings(x).float()
+            latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]).cpu())
+            outs = {"bypass": emb}
             for kbps, n in levels.items():
-                outs[f"{kbps}kbps"] = model.quantizer.quantize(emb.float(), n)[1]
+                outs[f"{kbps}kbps"] = model.quantizer.quantize(emb, n)[1]
+            if quantized:
+                codes = model.quantizer.encode(emb)  # [B, Q, N]
+                used.append(codes.transpose(0, 1).reshape(codes.shape[1], -1))
+            noise = torch.randn(emb.shape, generator=gen, device=device) * emb.std()
+            outs["noisy"] = emb + 0.05 * noise
+            decoded = {}
             for name, e in outs.items():
                 with _autocast(cfg, device):
-                    y = model.decode_embeddings(e)
+                    decoded[name] = model.decode_embeddings(e).float()
+            y0 = decoded.pop("bypass")
+            yn = decoded.pop("noisy")
+            change = (yn - y0).square().sum((1, 2)) / y0.square().sum((1, 2)).clamp_min(1e-12)
+            sums["val/noise_change"] = (
+                sums.get("val/noise_change", 0.0) + change.sqrt().sum().item()
+            )
+            decoded = {"bypass": y0, **decoded}
+            for name, y in decoded.items():
                 ref = x[..., : y.shape[-1]]
                 for i in range(x.shape[0]):
                     m = mel(ref[i : i + 1], y[i : i + 1]).item()
@@ -382,7 +456,51 @@ def validate(
             count += x.shape[0]
     finally:
         model.train()
-    return {k: v / max(1, count) for k, v in sums.items()}, examples
+    out = {k: v / max(1, count) for k, v in sums.items()}
+    if latents:
+        out["val/pca_top4_share"] = pca_share(torch.cat(latents), 4)
+    if used:
+        out.update(code_stats(torch.cat(used, 1), nets.rvq, cfg))
+    return out, examples
+
+
+def pca_share(frames: torch.Tensor, k: int) -> float:
+    """Share of the variance of frames [M, D] held by the top k principal components."""
+    x = frames.double() - frames.double().mean(0, keepdim=True)
+    ev = torch.linalg.eigvalsh(x.T @ x)
+    return float(ev[-k:].sum() / ev.sum().clamp_min(1e-30))
+
+
+def code_stats(codes: torch.Tensor, rvq: QuantizerTrainer, cfg: TrainConfig) -> dict[str, float]:
+    """codes [Q, M] on validation -> distinct codes per level; EMA-dead codes per level."""
+    out: dict[str, float] = {}
+    distinct = [int(torch.unique(c).numel()) for c in codes]
+    uniform = rvq.cluster_size.mean(1, keepdim=True)  # EMA vectors per step / codebook size
+    dead = (rvq.cluster_size < cfg.quantizer.dead_code_fraction * uniform).sum(1)
+    for i, (d, z) in enumerate(zip(distinct, dead.cpu().tolist(), strict=True)):
+        out[f"val_codes_distinct/level_{i:02d}"] = d
+        out[f"val_codes_dead/level_{i:02d}"] = z
+    out["val/codes_distinct_mean"] = float(np.mean(distinct))
+    out["val/codes_dead_mean"] = float(dead.float().mean())
+    return out
+
+
+def format_validation(step: int, v: dict[str, float]) -> str:
+    """One line for the log: SI-SDR / mel per rate, PCA share, noise change, codes."""
+    parts = [f"validation step {step}:"]
+    for name in ("bypass", *(f"{k}kbps" for k in VALID_KBPS)):
+        if f"val/si_sdr_{name}" in v:
+            parts.append(
+                f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f};"
+            )
+    parts.append(f"PCA top-4 {v.get('val/pca_top4_share', float('nan')):.3f};")
+    parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change")
+    if "val/codes_distinct_mean" in v:
+        parts.append(
+            f"; codes distinct {v['val/codes_distinct_mean']:.0f} dead "
+            f"{v['val/codes_dead_mean']:.0f} (mean per level)"
+        )
+    return " ".join(parts)
 
 
 def spectrogram_image(audio: torch.Tensor, n_fft: int = 2048) -> np.ndarray:
@@ -624,6 +742,9 @@ def _train(
             read_failures += int(fails.sum())
             quiet_crops += int(quiet.sum())
             x = x.to(device, non_blocking=True)
+            if needs_fit(cfg, nets.rvq, step):
+                frames = -(-cfg.crop_samples // SAMPLES_PER_CODE)
+                fit_codebooks(cfg, nets.model, nets.rvq, train_ds, device, per_rank * frames)
             runner.step(x, step)
             index, step = step, step + 1
             steps_last += 1
@@ -655,7 +776,8 @@ def _train(
                     )
             if step % cfg.run.val_every == 0 and len(valid_ds):
                 if dinfo.main:
-                    vstats, examples = validate(cfg, nets, valid_loader, runner.mel, device)
+                    vstats, examples = validate(cfg, nets, valid_loader, runner.mel, device, step)
+                    print(format_validation(step, vstats), file=sys.stderr, flush=True)
                     for k, v in vstats.items():
                         writer.add_scalar(k, v, step)
                     _write_examples(run_dir, step, examples, writer)

@@ -184,3 +184,44 @@ def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -
         target = scale * r
         noise = e - target
         return 10 * torch.log10((target.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+
+
+def sdr_loss(x: torch.Tensor, y: torch.Tensor, scale_invariant: bool = False) -> torch.Tensor:
+    """Negative SDR in dB, mean over [B, C] signals; ``scale_invariant`` gives negative SI-SDR.
+
+    Scale-dependent SDR is 10 log10(|x|^2 / |x - y|^2): it asks for the right waveform, phase
+    and level included, and weighs a quiet crop like a loud one.
+    """
+    if scale_invariant:
+        return -si_sdr(x, y).mean()
+    with fp32(x.device):
+        xf, yf = x.float(), y.float()
+        num = xf.square().sum(-1) + 1e-8
+        den = (xf - yf).square().sum(-1) + 1e-8
+        return -(10 * torch.log10(num / den)).mean()
+
+
+def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:
+    """Mean squared error of |X|^p e^(i angle X) at the codec's STFT (960 / 480), plus the same
+    on the compressed magnitudes alone; compression lifts quiet bins, the complex term is phase.
+    """
+    b, c, t = x.shape
+    with fp32(x.device):
+        window = torch.hann_window(N_FFT, periodic=True, device=x.device)
+
+        def spec(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = torch.stft(
+                a.float().reshape(b * c, t),
+                N_FFT,
+                HOP_SAMPLES,
+                window=window,
+                center=False,
+                return_complex=True,
+            )
+            mag = (z.real.square() + z.imag.square() + 1e-10).sqrt()
+            comp = mag**power
+            return torch.view_as_real(z * (comp / mag)), comp
+
+        zx, mx = spec(x)
+        zy, my = spec(y)
+        return (zx - zy).square().sum(-1).mean() + (mx - my).square().mean()
