@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="initialize the generator from an exported .safetensors model",
     )
     p.add_argument("--max-steps", type=int, metavar="N", help="override [optim] max_steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="stop (after writing a checkpoint) once M minutes of wall time have passed",
+    )
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -72,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         return _error(str(e))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        result = train(cfg, out, resume=args.resume, init=args.init)
+        result = train(cfg, out, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
     except DivergedError as e:
         print(f"spectrostream: training stopped: {e}", file=sys.stderr)
         return 1

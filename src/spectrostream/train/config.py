@@ -36,6 +36,8 @@ class DataConfig:
     silence_retries: redraws before a quiet crop is accepted (and counted).
     valid_crops: number of fixed validation crops (spread over the validation tracks).
     manifest_cache: JSON file caching per-file metadata; "" means RUN_DIR/manifest.json.
+    augment_gain_db: training crops get a random gain in +- this many dB (0: off).
+    augment_flips: training crops get a polarity flip and a left/right swap, each at p = 1/2.
     """
 
     train: tuple[str, ...] = ()
@@ -48,6 +50,8 @@ class DataConfig:
     valid_crops: int = 32
     valid_batch_size: int = 8
     manifest_cache: str = ""
+    augment_gain_db: float = 0.0
+    augment_flips: bool = False
 
 
 @dataclass(frozen=True)

@@ -494,10 +494,10 @@ def format_validation(step: int, v: dict[str, float]) -> str:
                 f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f};"
             )
     parts.append(f"PCA top-4 {v.get('val/pca_top4_share', float('nan')):.3f};")
-    parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change")
+    parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change;")
     if "val/codes_distinct_mean" in v:
         parts.append(
-            f"; codes distinct {v['val/codes_distinct_mean']:.0f} dead "
+            f"codes distinct {v['val/codes_distinct_mean']:.0f} dead "
             f"{v['val/codes_dead_mean']:.0f} (mean per level)"
         )
     return " ".join(parts)
@@ -632,22 +632,34 @@ class TrainResult:
 
 
 def train(
-    cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    init: str | None = None,
+    max_minutes: float | None = None,
 ) -> TrainResult:
-    """Run (or continue) training until ``cfg.optim.max_steps``. Raises TrainingError/DataError."""
+    """Run (or continue) training until ``cfg.optim.max_steps`` or, with ``max_minutes``, until
+    that much wall time has passed (then a checkpoint is written and the run stops early).
+    Raises TrainingError/DataError."""
     run_dir = Path(run_dir)
     dinfo = setup_distributed(cfg.run.device)
     if dinfo.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels
     try:
-        return _train(cfg, run_dir, resume, init, dinfo)
+        deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        return _train(cfg, run_dir, resume, init, dinfo, deadline)
     finally:
         if dinfo.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(
-    cfg: TrainConfig, run_dir: Path, resume: bool, init: str | None, dinfo: DistInfo
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    init: str | None,
+    dinfo: DistInfo,
+    deadline: float | None = None,
 ) -> TrainResult:
     if resume and init is not None:
         raise TrainingError("--resume and --init are exclusive")
@@ -694,6 +706,8 @@ def _train(
         dinfo.rank,
         cfg.data.silence_db,
         cfg.data.silence_retries,
+        gain_db=cfg.data.augment_gain_db,
+        flips=cfg.data.augment_flips,
     )
     valid_ds = ValidDataset(
         split.valid,
@@ -783,7 +797,8 @@ def _train(
                     _write_examples(run_dir, step, examples, writer)
                 if dinfo.world > 1:
                     dist.barrier()
-            if step % cfg.run.ckpt_every == 0 or step == cfg.optim.max_steps:
+            out_of_time = _out_of_time(deadline, dinfo)
+            if step % cfg.run.ckpt_every == 0 or step == cfg.optim.max_steps or out_of_time:
                 runner.check_finite(step)
                 rngs = _gather_rng(dinfo)
                 if dinfo.main:
@@ -792,12 +807,27 @@ def _train(
                     )
                 if dinfo.world > 1:
                     dist.barrier()
+            if out_of_time:
+                if dinfo.main:
+                    print(f"time limit reached at step {step}", file=sys.stderr)
+                break
     finally:
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
     return TrainResult(step, run_dir, last_ckpt, nets.model, nets.rvq)
+
+
+def _out_of_time(deadline: float | None, dinfo: DistInfo) -> bool:
+    """Rank 0's clock decides, so that every process stops at the same step."""
+    if deadline is None:
+        return False
+    flag = torch.tensor([time.monotonic() > deadline], dtype=torch.int32)
+    if dinfo.world > 1:
+        flag = flag.to(dinfo.device)
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def _progress(cfg: TrainConfig, dinfo: DistInfo, start: int):
