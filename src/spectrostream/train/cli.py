@@ -78,7 +78,13 @@ def run_train(args: argparse.Namespace) -> int:
         return _error(str(e))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        result = train(cfg, out, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
+        result = train(
+            cfg,
+            out,
+            resume=args.resume,
+            init=args.init,
+            max_minutes=getattr(args, "max_minutes", None),
+        )
     except DivergedError as e:
         print(f"spectrostream: training stopped: {e}", file=sys.stderr)
         return 1
