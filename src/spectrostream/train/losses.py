@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
+from ..config import HOP_SAMPLES, N_FFT
+from ..metrics import mel_filterbank
+from ..metrics import si_sdr as _si_sdr
 
 
 @contextmanager
@@ -27,41 +29,6 @@ def fp32(device: torch.device) -> Iterator[None]:
     """Disable autocast for the enclosed block (inputs must be cast to float32 by the caller)."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
-
-
-def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + f / 700.0)
-
-
-def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def mel_filterbank(
-    n_fft: int,
-    n_mels: int,
-    sample_rate: int = SAMPLE_RATE,
-    f_min: float = 0.0,
-    f_max: float | None = None,
-) -> torch.Tensor:
-    """Triangular HTK-mel filters, unnormalized, [n_fft // 2 + 1, n_mels].
-
-    With short windows some filters fall between FFT bins and are all zero; they contribute
-    nothing to the loss (identical zeros for both signals), which is intended.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    m = torch.linspace(
-        hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
-        hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(),
-        n_mels + 2,
-        dtype=torch.float64,
-    )
-    pts = mel_to_hz(m)
-    lower, center, upper = pts[:-2], pts[1:-1], pts[2:]
-    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
-    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
-    return torch.clamp(torch.minimum(up, down), min=0.0).float()
 
 
 class MelSpectrogram(nn.Module):
@@ -175,15 +142,11 @@ def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (x.float() - y.float()).abs().mean()
 
 
-def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SDR in dB per [B, C] signal (zero-mean), [B, C, T] -> [B, C]."""
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """SI-SDR in dB per [B, C] signal, [B, C, T] -> [B, C] (``spectrostream.metrics.si_sdr``,
+    float32, eps 1e-8 so that silence and zero outputs keep finite gradients)."""
     with fp32(reference.device):
-        r = reference.float() - reference.float().mean(-1, keepdim=True)
-        e = estimate.float() - estimate.float().mean(-1, keepdim=True)
-        scale = (e * r).sum(-1, keepdim=True) / (r.square().sum(-1, keepdim=True) + eps)
-        target = scale * r
-        noise = e - target
-        return 10 * torch.log10((target.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+        return _si_sdr(reference.float(), estimate.float(), eps=1e-8)
 
 
 def sdr_loss(x: torch.Tensor, y: torch.Tensor, scale_invariant: bool = False) -> torch.Tensor:
