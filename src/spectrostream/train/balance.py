@@ -9,7 +9,8 @@ Every loss L_i that reads the decoded audio y is differentiated with respect to 
 
 and g is pushed through the network in one backward pass (together with losses that do not
 read y, such as the commitment loss). The share of loss i is ||w_i' dL_i/dy|| / sum_j ||...||
-with w_i' the factor it was finally given; it is what the logs call ``share/<loss>``.
+with w_i' the factor it was finally given; it is what the logs call ``share/<loss>``; the raw
+norms ||dL_i/dy|| are logged as ``grad_y/<loss>``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def output_gradient(
     weights: dict[str, float],
     balance: bool,
     eps: float = 1e-12,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """losses (each a scalar that depends on y) -> (dTotal/dy, shares {name: scalar tensor})."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """losses (each a scalar that depends on y) -> (dTotal/dy, shares, raw norms ||dL_i/dy||)."""
     names = list(losses)
     grads = []
     for k in names:
@@ -40,4 +41,5 @@ def output_gradient(
     denom = torch.stack(scaled).sum() + eps
     shares = {k: s / denom for k, s in zip(names, scaled, strict=True)}
     combined = sum(f * g for f, g in zip(factors, grads, strict=True))
-    return combined.detach(), {k: v.detach() for k, v in shares.items()}
+    raw = {k: n.detach() for k, n in zip(names, norms, strict=True)}
+    return combined.detach(), {k: v.detach() for k, v in shares.items()}, raw

@@ -89,7 +89,7 @@ class StepRunner:
             self._disc_step(x_ref, y)
         losses = self._output_losses(x_ref, y, adversarial)
         lam = self.lambdas
-        grad_y, shares = output_gradient(losses, y, lam, cfg.loss.balance)
+        grad_y, shares, norms = output_gradient(losses, y, lam, cfg.loss.balance)
         nets.opt_g.zero_grad(set_to_none=True)
         if q is not None:
             torch.autograd.backward([y, lam["vq/commit"] * q.commit], [grad_y, None])
@@ -107,6 +107,7 @@ class StepRunner:
             self._acc(k, v)
         for k, v in shares.items():
             self._acc(f"share/{k}", v)
+            self._acc(f"grad_y/{k}", norms[k])
         self._acc("loss/generator", total)
         self._acc("grad/gen_norm", gn_g)
         with torch.no_grad():
