@@ -12,6 +12,9 @@
   the data stream is reproducible, independent of the number of workers, and resumes exactly
   from a step. Tracks are drawn in proportion to their duration; crops quieter than
   ``silence_db`` are redrawn up to ``silence_retries`` times (then kept and counted).
+- Augmentation (training crops only, off by default, drawn from the crop's own generator so
+  it stays reproducible): a random gain in +-``gain_db``, and with ``flips`` a polarity flip
+  and a left/right swap, each with probability 1/2.
 - Channels: mono -> dual-mono for stereo models; extra channels beyond the model's are dropped;
   a mono model gets the channel mean (``audio_io.to_channels(..., downmix=True)``). Everything
   is resampled to 48 kHz with ``audio_io.resample``.
@@ -223,6 +226,8 @@ class CropDataset(Dataset):
         silence_db: float = -50.0,
         silence_retries: int = 5,
         max_read_retries: int = 10,
+        gain_db: float = 0.0,
+        flips: bool = False,
     ) -> None:
         if not tracks:
             raise DataError("no tracks to crop from")
@@ -231,6 +236,7 @@ class CropDataset(Dataset):
         self.seed, self.rank = seed, rank
         self.silence_db, self.silence_retries = silence_db, silence_retries
         self.max_read_retries = max_read_retries
+        self.gain_db, self.flips = gain_db, flips
         secs = np.array([t.seconds for t in self.tracks], dtype=np.float64)
         self.weights = secs / secs.sum()
         self.bad: set[int] = set()
@@ -277,7 +283,27 @@ class CropDataset(Dataset):
             if attempts > self.silence_retries:
                 quiet = 1
                 break
+        crop = augment(crop, rng, self.gain_db, self.flips)
         return torch.from_numpy(np.ascontiguousarray(crop)), failures, quiet
+
+
+def augment(crop: np.ndarray, rng: np.random.Generator, gain_db: float, flips: bool) -> np.ndarray:
+    """crop [C, L] -> gain in +-gain_db, and (flips) polarity flip and channel swap at p = 1/2.
+
+    The gain never pushes the peak above 1 (it is lowered to fit).
+    """
+    if gain_db > 0:
+        g = 10 ** (rng.uniform(-gain_db, gain_db) / 20)
+        peak = float(np.abs(crop).max()) if crop.size else 0.0
+        if peak * g > 1.0:
+            g = 1.0 / peak
+        crop = crop * np.float32(g)
+    if flips:
+        if rng.random() < 0.5:
+            crop = -crop
+        if crop.shape[0] == 2 and rng.random() < 0.5:
+            crop = crop[::-1]
+    return crop.astype(np.float32, copy=False)
 
 
 class ValidDataset(Dataset):

@@ -149,6 +149,31 @@ class QuantizerTrainer(nn.Module):
         self.embed_sum.copy_(codebooks.float() * uniform)
         self.initialized.fill_(True)
 
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, codebooks: torch.Tensor, step_vectors: int) -> None:
+        """Residual k-means on x [M, D] (many frames, not one batch), level by level.
+
+        The EMA state starts from the k-means assignment counts scaled to ``step_vectors``
+        (vectors per training step), so dead-code restarts work from the first step.
+        """
+        residual = x.float().clone()
+        scale = self._uniform_usage(step_vectors) * self.k / x.shape[0]
+        for level in range(self.q):
+            if not _dist_on() or dist.get_rank() == 0:
+                codebooks[level] = kmeans(residual, self.k, self.cfg.kmeans_iters)
+            if _dist_on():
+                dist.broadcast(codebooks[level], 0)
+            idx = _nearest(residual, codebooks[level].float())
+            counts = torch.bincount(idx, minlength=self.k).float() * scale
+            self.cluster_size[level] = counts
+            self.embed_sum[level] = codebooks[level].float() * counts[:, None]
+            residual = residual - codebooks[level][idx]
+        if _dist_on():  # every rank must start from rank 0's EMA state
+            dist.broadcast(self.cluster_size, 0)
+            dist.broadcast(self.embed_sum, 0)
+        self.initialized.fill_(True)
+        self._init_checked = True
+
     def _uniform_usage(self, local_vectors: int) -> float:
         world = dist.get_world_size() if _dist_on() else 1
         return local_vectors * world / self.k
