@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .official import ModelError
+from .errors import ModelError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -34,16 +34,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import audio_io
 from .audio_io import AudioError
-from .codec import Codec, read_for_model
+from .codec import Codec
 from .config import SAMPLES_PER_CODE
 from .device import dtype_name
+from .errors import UsageError
+from .files import read_for_model
 
 FORMAT_NAME = "spectrostream-tokens"
 FORMAT_VERSION = "1"
 SHARD_FILES = 256
 
 
-class TokenizeError(ValueError):
+class TokenizeError(UsageError):
     """The output folder holds shards that do not belong to this run."""
 
 
