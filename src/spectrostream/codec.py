@@ -120,17 +120,20 @@ class Codec:
             )
 
     # ---- channel policy -----------------------------------------------------------------
+    def check_channels(self, channels: int, name: str = "audio") -> None:
+        """The model's channel count, or mono (coded as dual-mono); anything else is an error."""
+        if channels not in (1, self.channels):
+            raise AudioError(
+                f"{name}: {channels} channels; this model codes {self.channels} "
+                f"(mono is coded as dual-mono); downmix first"
+            )
+
     def to_model_channels(self, x: torch.Tensor, name: str = "audio") -> torch.Tensor:
         """[..., C, T] -> [..., model C, T]: mono becomes dual-mono; other counts are errors."""
-        c = x.shape[-2]
-        if c == self.channels:
+        self.check_channels(x.shape[-2], name)
+        if x.shape[-2] == self.channels:
             return x
-        if c == 1:
-            return x.expand(*x.shape[:-2], self.channels, x.shape[-1]).contiguous()
-        raise AudioError(
-            f"{name}: {c} channels; this model codes {self.channels} "
-            f"(mono is coded as dual-mono); downmix first"
-        )
+        return x.expand(*x.shape[:-2], self.channels, x.shape[-1]).contiguous()
 
     @staticmethod
     def restore_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ Numpy meets torch here, at the file boundary: readers and resamplers give numpy 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -41,7 +42,6 @@ from .errors import (
 )
 
 STDIO = "-"
-STDIN_NAME = "<stdin>"
 ProgressFn = Callable[[int], None]
 
 
@@ -63,7 +63,7 @@ def binary_input(source: str | Path) -> Iterator[BinaryIO]:
         yield sys.stdin.buffer
         return
     if os.path.isdir(source):
-        raise OSError(21, "is a directory, not an .ssc file", str(source))
+        raise OSError(errno.EISDIR, "is a directory, not an .ssc file", str(source))
     with open(source, "rb") as f:
         yield f
 
@@ -100,27 +100,23 @@ def plan(src: str, dst: str, naming: Naming) -> list[tuple[str, str]]:
     if src == STDIO or not os.path.isdir(src):
         if dst != STDIO and src != STDIO and os.path.isdir(dst):
             dst = os.path.join(dst, naming.output(os.path.basename(src)))
-        pairs = [(src, dst)]
-    else:
-        if dst == STDIO:
-            raise OutputError(f"{src} is a directory: give an output directory, not -")
-        root, out = Path(src), Path(dst)
-        inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
-        files = sorted(
-            f
-            for f in root.rglob("*")
-            if f.is_file() and naming.wanted(f) and not (inside and _below(f, out))
-        )
-        if not files:
-            raise AudioError(f"{src}: no matching files below this directory")
-        every = [
-            (str(f), str(out / f.relative_to(root).parent / naming.output(f.name))) for f in files
-        ]
-        check_plan(every)
-        rank, world = _rank_world()
-        pairs = every[rank::world]
-    check_plan(pairs)
-    return pairs
+        check_plan([(src, dst)])
+        return [(src, dst)]
+    if dst == STDIO:
+        raise OutputError(f"{src} is a directory: give an output directory, not -")
+    root, out = Path(src), Path(dst)
+    inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and naming.wanted(f) and not (inside and _below(f, out))
+    )
+    if not files:
+        raise AudioError(f"{src}: no matching files below this directory")
+    every = [(str(f), str(out / f.relative_to(root).parent / naming.output(f.name))) for f in files]
+    check_plan(every)  # every rank checks the whole plan, so all ranks refuse alike
+    rank, world = _rank_world()
+    return every[rank::world]
 
 
 def _below(path: Path, folder: Path) -> bool:
@@ -175,11 +171,7 @@ def encode_file(
     """Encode an audio file (or "-") to an open binary output, block by block."""
     n = codec.levels_for(kbps, levels)
     with audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES) as reader:
-        if reader.channels not in (1, codec.channels):
-            raise AudioError(
-                f"{reader.name}: {reader.channels} channels; this model codes "
-                f"{codec.channels} (mono is coded as dual-mono); downmix first"
-            )
+        codec.check_channels(reader.channels, reader.name)
         header = codec.header_for(reader.sample_rate, reader.channels, reader.num_frames, n)
         writer = bitstream.StreamWriter(dst, header)
         resampler = audio_io.StreamingResampler(reader.sample_rate, SAMPLE_RATE, reader.channels)
