@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spectrostream import layers
+from spectrostream import layers, load
 from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
 
@@ -24,6 +24,7 @@ CATEGORIES = (
     ("state concat (cat)", ("aten::cat",)),
     ("copies (contiguous/pad)", ("aten::copy_", "constant_pad_nd")),
     ("ELU", ("aten::elu",)),
+    ("allocation (empty/zeros)", ("aten::empty", "aten::zeros", "aten::new_")),
     ("FFT", ("fft",)),
 )
 
@@ -37,7 +38,7 @@ def category(name: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", choices=("official", "small"), default="official")
+    p.add_argument("--config", choices=("official", "small", "default"), default="official")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=6, help="profiled steps (after 4 warm-up steps)")
     p.add_argument("--no-prepack", action="store_true")
@@ -46,8 +47,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     layers.PREPACK_CPU = not args.no_prepack
     torch.manual_seed(0)
-    cfg = official_config() if args.config == "official" else small_config()
-    model = SpectroStream(cfg).eval()
+    if args.config == "default":
+        model = load().model.eval()
+    else:
+        model = SpectroStream(official_config() if args.config == "official" else small_config())
+    model.eval()
+    cfg = model.config
     n = SAMPLES_PER_CODE
     audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 4) * n)
     with torch.inference_mode(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from spectrostream.metrics import hz_to_mel, mel_filterbank, mel_to_hz
 from spectrostream.train.discriminators import (
     LayerNorm2d,
     MultiScaleSTFTDiscriminator,
@@ -16,9 +17,6 @@ from spectrostream.train.losses import (
     discriminator_hinge,
     feature_matching,
     generator_adversarial,
-    hz_to_mel,
-    mel_filterbank,
-    mel_to_hz,
     si_sdr,
     stft_l1,
     waveform_l1,

@@ -73,7 +73,32 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model .safetensors path or built-in name (default: %(default)s)",
+        help="model .safetensors path, or a name: magenta-rt (Google's weights, downloaded once "
+        "from the Hugging Face Hub) or default (a placeholder) (default: %(default)s)",
+    )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) for magenta-rt")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
+    )
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec import load
+    from .device import rank_device
+
+    return load(
+        args.model, revision=args.revision, device=rank_device(args.device), dtype=args.dtype
     )
 
 
@@ -95,12 +120,6 @@ def _progress(total: int | None, desc: str, unit: str) -> tqdm:
     )
 
 
-def _load(args: argparse.Namespace):
-    from .codec import load
-
-    return load(args.model)
-
-
 # ---- encode / decode / roundtrip ----------------------------------------------------------
 def run_encode(args: argparse.Namespace) -> int:
     from . import audio_io, files
@@ -108,7 +127,7 @@ def run_encode(args: argparse.Namespace) -> int:
     pairs = files.plan(args.input, args.output, files.ENCODE)
     for _, dst in pairs:
         files.check_ssc_target(dst, args.force)
-    codec = _load(args)
+    codec = _load_codec(args)
     levels = codec.levels_for(args.kbps, args.levels)
 
     def one(src: str, dst: str) -> dict[str, object]:
@@ -125,7 +144,7 @@ def run_decode(args: argparse.Namespace) -> int:
     from . import audio_io, files
 
     pairs = files.plan(args.input, args.output, files.DECODE)
-    codec = _load(args)
+    codec = _load_codec(args)
 
     def one(src: str, dst: str) -> dict[str, object]:
         name = audio_io.STDIN_NAME if src == STDIO else src
@@ -152,7 +171,7 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     from . import files
 
     pairs = files.plan(args.input, args.output, files.ROUNDTRIP)
-    codec = _load(args)
+    codec = _load_codec(args)
     levels = codec.levels_for(args.kbps, args.levels)
 
     def one(src: str, dst: str) -> dict[str, object]:
@@ -174,14 +193,57 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tokenize(args: argparse.Namespace) -> int:
+    from . import files
+    from .tokenize import TokenizeError, tokenize
+
+    codec = _load_codec(args)
+    rank, world = files.rank_world()
+    try:
+        report = tokenize(
+            codec,
+            args.input,
+            args.output,
+            codec.levels_for(args.kbps, args.levels),
+            batch=args.batch,
+            workers=args.workers,
+            shard_files=args.shard_files,
+            rank=rank,
+            world=world,
+        )
+    except TokenizeError as e:
+        raise UsageError(str(e)) from e
+    print(
+        f"{args.output}: {report.shards_written} shards written, {report.shards_skipped} already "
+        f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
+        file=sys.stderr,
+    )
+    for name, error in report.failed:
+        print(f"could not read {name}: {error}", file=sys.stderr)
+    return 0
+
+
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
     from .files import binary_input
+    from .weights import model_attribution
 
     with binary_input(args.input) as f:
         data = f.read()
     header, codes = bitstream.decode_stream(data)
     print(bitstream.describe(header, codes.shape[1], len(data)))
+    if (attribution := model_attribution(header.model_id)) is not None:
+        print(f"weights:     {attribution}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .weights import list_models
+
+    for m in list_models():
+        where = "not downloaded" if m.path is None else f"{m.size_bytes / 2**20:.1f} MiB, {m.path}"
+        rev = f" (revision {m.revision[:12]})" if m.revision else ""
+        print(f"{m.name:<11} {m.license:<10} {where}{rev}\n{'':<11} {m.description}")
     return 0
 
 
@@ -200,14 +262,24 @@ def run_transcode(args: argparse.Namespace) -> int:
 def run_convert_official(args: argparse.Namespace) -> int:
     from .codec import Codec
     from .official import import_official
+    from .weights import official_model_id
 
-    model, parts = import_official(args.encoder, args.checkpoint)
-    codec = Codec(model, parts=parts)
+    model, parts = import_official(
+        args.encoder, args.checkpoint, decoder=args.decoder, quantizer=args.quantizer
+    )
+    state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in parts}
+    codec = Codec(model, model_id=official_model_id(state, model.config), parts=parts)
     codec.save(args.output, fp16=args.fp16)
     print(
         f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}", file=sys.stderr
     )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo)."
     )
     parser.add_argument("--version", action="version", version=f"spectrostream {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads (default: 1 unless 2+ cores are idle; see docs/benchmarks.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
@@ -224,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=".ssc file, directory (a.flac -> a.flac.ssc), or - for stdout")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
     _report_arg(p)
     p.set_defaults(func=run_encode)
@@ -241,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode every intact packet of a cut or damaged file and say how much was recovered",
     )
     _model_arg(p)
+    _device_args(p)
     _report_arg(p)
     p.set_defaults(func=run_decode)
 
@@ -250,12 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
     _report_arg(p)
     p.set_defaults(func=run_roundtrip)
+
+    p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
+    p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
+    p.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    _levels_args(p)
+    _model_arg(p)
+    _device_args(p)
+    p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
+    p.add_argument("--workers", type=int, default=4, help="audio decoding processes (default: 4)")
+    p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
+    p.set_defaults(func=run_tokenize)
 
     p = sub.add_parser("info", help="describe an .ssc file")
     p.add_argument("input")
     p.set_defaults(func=run_info)
+
+    p = sub.add_parser("models", help="list the named models, and which are on this machine")
+    p.set_defaults(func=run_models)
 
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
     p.add_argument("input")
@@ -266,12 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-official", help="import Google's released weights")
     p.add_argument("--encoder", help="encoder.safetensors (params/encoder/...)")
-    p.add_argument("--checkpoint", help="mrt2_*.safetensors (params/soundstream/...)")
+    p.add_argument("--decoder", help="decoder.safetensors (resources/spectrostream/)")
+    p.add_argument("--quantizer", help="quantizer.safetensors (resources/spectrostream/)")
+    p.add_argument(
+        "--checkpoint", help="mrt2_*.safetensors (params/soundstream/...): decoder and quantizer"
+    )
     p.add_argument("-o", "--output", required=True, help="output model .safetensors")
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
 
-    for module in ("evaluation.cli", "train.cli", "data.cli"):
+    for module in ("evaluation.cli", "train.cli", "data.cli", "onnx_export"):
         try:
             mod = __import__(f"spectrostream.{module}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:  # optional extras (e.g. tensorboard) not installed
@@ -286,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; the exit status comes from :func:`errors.exit_status`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        from .runtime import set_threads  # imports torch: only when asked
+
+        set_threads(args.threads)
     return exit_status(args.func)(args)
 
 

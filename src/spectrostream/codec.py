@@ -10,39 +10,39 @@ give ``ceil(T / 1920) + 1`` code frames and ``decode`` returns at least T sample
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import audio_io, bitstream
-from .atomic import atomic_path
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
+from .device import exact_fp32, resolve_device, resolve_dtype
 from .errors import AudioError, BitstreamError, ModelError, UsageError
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, parts_present
+from .runtime import set_threads
+from .weights import (
+    DEFAULT_MODEL,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODELS_DIR,  # noqa: F401  (re-exported: its old home)
+    resolve_model,
+    write_model,
+)
+from .weights import state_model_id as _state_model_id
 
-FORMAT_NAME = "spectrostream"
-FORMAT_VERSION = "1"
-DEFAULT_MODEL = "default"
-MODELS_DIR = Path(__file__).parent / "models"
 # Audio per streaming step in batch and file processing: bounds memory (the official model's
 # activations for 2 s are about 0.7 GB; measured in docs/benchmarks.md).
 CHUNK_SAMPLES = 2 * SAMPLE_RATE
 CHUNK_FRAMES = CHUNK_SAMPLES // SAMPLES_PER_CODE
 # Integer PCM is scaled by its dtype's range: int16 32767 -> 32767 / 32768.
 _PCM_SCALE = {torch.int8: 2.0**7, torch.int16: 2.0**15, torch.int32: 2.0**31}
-
-
-def _state_model_id(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
-    h = hashlib.sha256(config.to_json().encode())
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().to(torch.float16).cpu().numpy().tobytes())
-    return f"ss-{h.hexdigest()[:16]}"
+# Clips coded together by ``encode`` of a list (padded to the longest of each batch).
+BATCH_CLIPS = 16
 
 
 def as_float_audio(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -76,6 +76,7 @@ class Codec:
         self.parts = tuple(parts)
         state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in self.parts}
         self.model_id = model_id or _state_model_id(state, self.config)
+        self._dtype = torch.float32
 
     # ---- properties ---------------------------------------------------------------------
     sample_rate = SAMPLE_RATE
@@ -92,6 +93,46 @@ class Codec:
     @property
     def device(self) -> torch.device:
         return self.model.quantizer.codebooks.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the encoder and decoder convolutions (the RVQ is always float32)."""
+        return self._dtype
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> Codec:
+        """Move to ``device`` (``auto``/``cpu``/``cuda``/``mps``) and/or run the convolutions in
+        ``dtype`` (``fp32``/``bf16``/``fp16``). STFT, iSTFT and the codebooks stay float32.
+
+        Casting is one way: a codec in bf16/fp16 cannot go back (load it again). Raises
+        ModelError for a device that is not available. Returns self.
+        """
+        if device is not None:
+            self.model.to(resolve_device(device))
+        if dtype is not None:
+            self._set_dtype(resolve_dtype(dtype))
+        return self
+
+    def _set_dtype(self, dtype: torch.dtype) -> None:
+        if dtype == self._dtype:
+            return
+        if self._dtype != torch.float32:
+            raise ModelError(
+                f"the weights are already cast to {self._dtype}; their float32 values are gone, "
+                "so load the model again for another dtype"
+            )
+        self._dtype = dtype
+        # Inputs are cast to the convolutions' dtype, outputs back to float32 for the RVQ
+        # search and the iSTFT.
+        for net in (self.model.encoder, self.model.decoder):
+            net.to(dtype)
+            net.register_forward_pre_hook(lambda m, args: (args[0].to(dtype),))
+            net.register_forward_hook(lambda m, args, out: out.float())
+
+    def _exact(self) -> AbstractContextManager[None]:
+        """IEEE float32 for the RVQ search (and for the convolutions in fp32 mode)."""
+        return exact_fp32(self.device, convs=self._dtype == torch.float32)
 
     def levels_for(self, kbps: float | None = None, levels: int | None = None) -> int:
         """Levels for a total bit rate (250 bit/s per level for 1024 codes), or checked ``levels``.
@@ -120,25 +161,14 @@ class Codec:
             )
 
     # ---- channel policy -----------------------------------------------------------------
-    def check_channels(self, channels: int, name: str = "audio") -> None:
-        """The model's channel count, or mono (coded as dual-mono); anything else is an error."""
-        if channels not in (1, self.channels):
-            raise AudioError(
-                f"{name}: {channels} channels; this model codes {self.channels} "
-                f"(mono is coded as dual-mono); downmix first"
-            )
-
     def to_model_channels(self, x: torch.Tensor, name: str = "audio") -> torch.Tensor:
         """[..., C, T] -> [..., model C, T]: mono becomes dual-mono; other counts are errors."""
-        self.check_channels(x.shape[-2], name)
-        if x.shape[-2] == self.channels:
-            return x
-        return x.expand(*x.shape[:-2], self.channels, x.shape[-1]).contiguous()
+        return audio_io.to_channels(x, self.channels, name=name)
 
     @staticmethod
     def restore_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         """[model C, T] -> [channels, T]: dual-mono back to mono (the mean), else unchanged."""
-        return x.mean(dim=0, keepdim=True) if channels == 1 and x.shape[0] != 1 else x
+        return audio_io.to_channels(x, channels, downmix=True)
 
     # ---- streaming cores (tensors in, tensors out) ---------------------------------------
     @torch.inference_mode()
@@ -149,12 +179,14 @@ class Codec:
         self._need("encoder", "quantizer")
         with StreamingEncoder(self.model, levels) as enc:
             for block in blocks:
-                codes = enc.push(block.to(self.device, torch.float32))
+                with self._exact():
+                    codes = enc.push(block.to(self.device, torch.float32))
                 if codes.shape[-1]:
                     yield codes.cpu()
             zeros = torch.zeros(batch, self.channels, SAMPLES_PER_CODE, device=self.device)
-            yield enc.push(zeros).cpu()
-            yield enc.flush(batch, self.channels).cpu()
+            with self._exact():
+                last = [enc.push(zeros), enc.flush(batch, self.channels)]
+            yield from (c.cpu() for c in last)
 
     @torch.inference_mode()
     def decode_chunks(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -164,7 +196,9 @@ class Codec:
             for codes in chunks:
                 for i in range(0, codes.shape[-1], CHUNK_FRAMES):
                     part = codes[..., i : i + CHUNK_FRAMES].to(self.device)
-                    yield dec.push(part).float().cpu()
+                    with self._exact():
+                        audio = dec.push(part)
+                    yield audio.float().cpu()
 
     # ---- tensor API ---------------------------------------------------------------------
     def _prepare_batch(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -178,10 +212,7 @@ class Codec:
             raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
         if sample_rate <= 0:
             raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        if x.shape[-1] == 0:
-            raise AudioError("audio: no samples")
-        if not torch.isfinite(x).all():
-            raise AudioError("audio: contains NaN or Inf samples")
+        self.check_samples(x)
         x = self.to_model_channels(x)
         if sample_rate != SAMPLE_RATE:  # soxr works on numpy: the one crossing on this path
             x = torch.from_numpy(
@@ -189,21 +220,74 @@ class Codec:
             )
         return x
 
+    @staticmethod
+    def check_samples(x: torch.Tensor, name: str = "audio") -> None:
+        """Refuse empty audio and NaN/Inf samples."""
+        if x.shape[-1] == 0:
+            raise AudioError(f"{name}: no samples")
+        if not torch.isfinite(x).all():
+            raise AudioError(f"{name}: contains NaN or Inf samples")
+
     def encode(
         self,
-        audio: np.ndarray | torch.Tensor,
-        sample_rate: int,
+        audio: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        sample_rate: int | Sequence[int],
         kbps: float | None = None,
         levels: int | None = None,
-    ) -> torch.Tensor:
+        batch_size: int = BATCH_CLIPS,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """audio [B, C, T] or [C, T] at any rate -> codes int64 [B, L, ceil(T48 / 1920) + 1].
 
         Float samples are taken as they are; integer PCM is scaled by its dtype's range.
+        A list of clips [C, T_i] (any lengths; ``sample_rate`` one rate or one per clip) gives a
+        list of codes [L, ceil(T48_i / 1920) + 1], each equal to encoding that clip alone: see
+        ``encode_clips``.
         """
         n = self.levels_for(kbps, levels)
-        x = self._prepare_batch(audio, sample_rate)
+        if isinstance(audio, list | tuple):
+            one_rate = isinstance(sample_rate, int | np.integer)
+            rates = [sample_rate] * len(audio) if one_rate else list(sample_rate)
+            if len(rates) != len(audio):
+                raise AudioError(f"{len(audio)} clips but {len(rates)} sample rates")
+            clips = [self._prepare_batch(a, sr)[0] for a, sr in zip(audio, rates, strict=True)]
+            return self.encode_clips(clips, n, batch_size)
+        return self._encode_padded(self._prepare_batch(audio, sample_rate), n)
+
+    def _encode_padded(self, x: torch.Tensor, levels: int) -> torch.Tensor:
+        """48 kHz [B, C, T] (model channels) -> codes [B, L, ceil(T / 1920) + 1]."""
         blocks = (x[..., i : i + CHUNK_SAMPLES] for i in range(0, x.shape[-1], CHUNK_SAMPLES))
-        return torch.cat(list(self.encode_blocks(blocks, n, len(x))), -1)
+        return torch.cat(list(self.encode_blocks(blocks, levels, len(x))), -1)
+
+    def encode_clips(
+        self, clips: Sequence[torch.Tensor], levels: int, batch_size: int = BATCH_CLIPS
+    ) -> list[torch.Tensor]:
+        """48 kHz clips [C, T_i] (model channels) -> codes [L, ceil(T_i / 1920) + 1] each.
+
+        Clips are sorted by length and coded ``batch_size`` at a time, zero-padded on the right
+        to the longest of their batch. No padding reaches the codes: the network is causal, code
+        frame j depends only on samples up to 1920 j + 2399, and coding a clip alone zero-fills
+        its end in the same way (the appended frame of silence plus the last STFT frame's
+        look-ahead), so every kept frame sees exactly the input it sees alone. The frames past a
+        clip's own count are dropped. Equality is exact on the CPU (tested); on CUDA, cuDNN may
+        choose other kernels for other batch shapes, which can move rare near-ties.
+        """
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        clips = [torch.as_tensor(c, dtype=torch.float32) for c in clips]
+        out: list[torch.Tensor | None] = [None] * len(clips)
+        order = sorted(range(len(clips)), key=lambda i: -clips[i].shape[-1])
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            longest = clips[idx[0]].shape[-1]
+            x = torch.zeros(len(idx), self.channels, longest)
+            for row, i in enumerate(idx):
+                self.check_samples(clips[i])
+                x[row, :, : clips[i].shape[-1]] = clips[i]
+            codes = self._encode_padded(x, levels)
+            for row, i in enumerate(idx):
+                frames = -(-clips[i].shape[-1] // SAMPLES_PER_CODE) + 1
+                out[i] = codes[row, :, :frames].contiguous()
+        return out  # type: ignore[return-value]
 
     def decode(self, codes: torch.Tensor | np.ndarray, length: int | None = None) -> torch.Tensor:
         """codes [B, L, N] (or [L, N]) -> audio [B, C, (N - 1) * 1920] at 48 kHz (cut to
@@ -216,6 +300,83 @@ class Codec:
         empty = torch.zeros(c.shape[0], self.channels, 0)
         out = torch.cat([empty, *self.decode_chunks([c.long()])], -1)
         return out[..., :length] if length is not None else out
+
+    # ---- tokens for language models ----------------------------------------------------
+    @property
+    def codebooks(self) -> torch.Tensor:
+        """The RVQ codebooks, float32 [levels, codebook_size, embedding_dim] (64, 1024, 256)."""
+        self._need("quantizer")
+        return self.model.quantizer.codebooks.detach()
+
+    def _codes_tensor(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(codes)
+        if c.ndim == 2:
+            c = c[None]
+        if c.ndim != 3 or c.is_floating_point() or c.is_complex():
+            raise ModelError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
+        if c.shape[1] > self.num_levels:
+            raise ModelError(f"codes have {c.shape[1]} levels, the model {self.num_levels}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.config.codebook_size):
+            raise ModelError(f"codes must be in 0..{self.config.codebook_size - 1}")
+        return c.long().to(self.device)
+
+    @torch.inference_mode()
+    def embed(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """codes [B, L, N] (or [L, N]) -> the summed codewords, float32 [B, D, N].
+
+        The decoder's input: ``decode(codes)`` is the decoder run on ``embed(codes)``.
+        """
+        self._need("quantizer")
+        return self.model.quantizer.decode(self._codes_tensor(codes))
+
+    @torch.inference_mode()
+    def quantize(self, latent: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """latent [B, D, N] (or [D, N]) -> codes int64 [B, L, N]: the greedy RVQ search
+        (IEEE float32) on the first ``levels`` levels (default: all)."""
+        self._need("quantizer")
+        z = torch.as_tensor(latent)
+        if z.ndim == 2:
+            z = z[None]
+        if z.ndim != 3 or z.shape[1] != self.config.embedding_dim:
+            raise ModelError(
+                f"latent must be [B, {self.config.embedding_dim}, N], got {tuple(z.shape)}"
+            )
+        n = self.levels_for(levels=levels)
+        with exact_fp32(self.device, convs=False):
+            return self.model.quantizer.encode(z.float().to(self.device), n)
+
+    def to_mrt_codes(
+        self, codes: torch.Tensor | np.ndarray, num_samples: int | None = None
+    ) -> torch.Tensor:
+        """Our codes [B, L, N] (or [L, N]) -> Magenta RealTime's layout: int32 [B, frames, L]
+        (or [frames, L]).
+
+        Ours carry one extra look-ahead frame (``encode`` appends a frame of silence); MRT counts
+        whole 40 ms frames of the input, ``num_samples // 1920`` at 48 kHz. With ``num_samples``
+        (the 48 kHz length that was encoded) the frame count is MRT's; without it only the
+        look-ahead frame is dropped (``ceil(T / 1920)`` frames, the last one partial).
+        """
+        c = self._codes_tensor(codes).cpu()
+        frames = c.shape[-1] - 1 if num_samples is None else int(num_samples) // SAMPLES_PER_CODE
+        if not 0 <= frames <= c.shape[-1]:
+            raise ModelError(
+                f"{num_samples} samples need {frames} frames; codes have {c.shape[-1]}"
+            )
+        out = c[..., :frames].transpose(1, 2).to(torch.int32).contiguous()
+        return out[0] if torch.as_tensor(codes).ndim == 2 else out
+
+    def from_mrt_codes(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Magenta RealTime tokens int [B, frames, L] (or [frames, L]; codes 0..1023, not the LM's
+        offset vocabulary) -> our layout int64 [B, L, frames] (or [L, frames]).
+
+        ``decode`` of these gives ``(frames - 1) * 1920`` samples: our decoder needs one frame of
+        look-ahead, so the last 40 ms come out only when one more frame follows.
+        """
+        t = torch.as_tensor(tokens)
+        if t.ndim not in (2, 3):
+            raise ModelError(f"tokens must be [frames, L] or [B, frames, L], got {tuple(t.shape)}")
+        c = self._codes_tensor(t.transpose(-1, -2)).cpu()
+        return c[0] if t.ndim == 2 else c
 
     # ---- bytes API ----------------------------------------------------------------------
     def header_for(
@@ -281,9 +442,7 @@ class Codec:
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | Path, fp16: bool = False) -> None:
-        """Write safetensors with the config JSON, model id and parts in the metadata."""
-        from safetensors.torch import save_file
-
+        """Write safetensors (atomically) with the config JSON, model id and parts in the metadata."""
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in self.model.state_dict().items()
@@ -291,33 +450,7 @@ class Codec:
         }
         if fp16:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_json(),
-            "model_id": self.model_id,
-            "parts": ",".join(self.parts),
-        }
-        with atomic_path(path) as tmp:  # a model file appears complete or not at all
-            save_file(state, tmp, metadata=meta)
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    builtin = MODELS_DIR / f"{name_or_path}.safetensors"
-    if builtin.is_file():
-        return builtin
-    if str(name_or_path) == DEFAULT_MODEL:
-        raise ModelError(
-            "no default model is installed with this package; pass --model PATH "
-            "(a .safetensors from `spectrostream export` or `spectrostream convert-official`)"
-        )
-    if p.suffix or "/" in str(name_or_path):
-        raise ModelError(f"{name_or_path}: no such model file")
-    names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
-    raise ModelError(f"unknown model {name_or_path!r}; built-in models: {names or 'none'}")
+        write_model(path, state, self.config, self.model_id, self.parts)
 
 
 def _open_model_file(path: Path):
@@ -345,18 +478,6 @@ def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     except (KeyError, ValueError) as e:
         raise ModelError(f"{path}: bad config in metadata ({e})") from e
     return config, meta
-
-
-def _model_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ModelError(f"{device!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {str(dev)!r} asked for, but this torch has no usable CUDA")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {str(dev)!r} asked for, but MPS is not available")
-    return dev
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -392,15 +513,26 @@ def _check_tensors(path: Path, f, meta: dict[str, str], config: ModelConfig) -> 
     return parts
 
 
-def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu") -> Codec:
-    """Load a codec: a path to a .safetensors model, or a built-in name (``"default"``).
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    dtype: str | torch.dtype = "fp32",
+) -> Codec:
+    """Load a codec: a path to a .safetensors model, or a name: ``"magenta-rt"`` (Google's
+    weights, downloaded from the Hugging Face Hub once at ``revision``, then cached) or
+    ``"default"`` (the shipped placeholder).
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; ``dtype``: ``"fp32"``, ``"bf16"``
+    or ``"fp16"`` for the convolutions (see ``Codec.to``). An unavailable device is a ModelError.
 
     Strict: every tensor of each part the file declares must be present with its shape. The
     config and the tensor shapes are checked before the network is built, and tensors are
     copied into it one at a time, so loading needs little extra memory.
     """
-    dev = _model_device(device)
-    path = resolve_model_path(name_or_path)
+    set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)
     with _open_model_file(path) as f:
         parts = _check_tensors(path, f, meta, config)
@@ -410,7 +542,8 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = 
         with torch.no_grad():
             for k in parts_keys:
                 own[k].copy_(f.get_tensor(k))
-    return Codec(model.to(dev), model_id=meta.get("model_id"), parts=parts)
+    codec = Codec(model.to(dev), model_id=meta.get("model_id"), parts=parts)
+    return codec.to(dtype=dt) if dt != torch.float32 else codec
 
 
 def model_summary(codec: Codec) -> str:

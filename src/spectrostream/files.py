@@ -90,7 +90,7 @@ DECODE = Naming(lambda p: p.suffix.lower() == bitstream.SUFFIX, _decoded)
 ROUNDTRIP = Naming(audio_io.is_audio_file_name, lambda name: name + ".wav")
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -115,7 +115,7 @@ def plan(src: str, dst: str, naming: Naming) -> list[tuple[str, str]]:
         raise AudioError(f"{src}: no matching files below this directory")
     every = [(str(f), str(out / f.relative_to(root).parent / naming.output(f.name))) for f in files]
     check_plan(every)  # every rank checks the whole plan, so all ranks refuse alike
-    rank, world = _rank_world()
+    rank, world = rank_world()
     return every[rank::world]
 
 
@@ -160,6 +160,42 @@ def check_ssc_target(dst: str, force: bool) -> None:
 
 
 # ---- encoding and decoding files ----------------------------------------------------------
+def open_for_model(src: str | Path, channels: int) -> audio_io.AudioReader:
+    """Open an audio file (or "-") for a model coding ``channels`` channels (mono or that many)."""
+    reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
+    if reader.channels not in (1, channels):
+        reader.close()
+        raise AudioError(
+            f"{reader.name}: {reader.channels} channels; this model codes "
+            f"{channels} (mono is coded as dual-mono); downmix first"
+        )
+    return reader
+
+
+def model_blocks(
+    reader: audio_io.AudioReader, channels: int, progress: ProgressFn | None = None
+) -> Iterator[torch.Tensor]:
+    """The audio a model codes, block by block: 48 kHz [channels, n] tensors, mono as
+    dual-mono. ``progress`` gets the number of source frames of each block read."""
+    resampler = audio_io.StreamingResampler(reader.sample_rate, SAMPLE_RATE, reader.channels)
+    for block in reader:
+        if progress is not None:
+            progress(block.shape[1])
+        yield torch.from_numpy(audio_io.to_channels(resampler.process(block), channels))
+    yield torch.from_numpy(audio_io.to_channels(resampler.flush(), channels))
+
+
+def read_for_model(src: str | Path, channels: int) -> tuple[torch.Tensor, audio_io.AudioInfo]:
+    """A whole file as :func:`encode_file` codes it: (48 kHz [channels, T48], the source's info
+    with the number of frames actually read)."""
+    frames = [0]
+    with open_for_model(src, channels) as reader:
+        x = torch.cat(list(model_blocks(reader, channels, frames.append)), dim=1)
+        n, sr = sum(frames), reader.sample_rate
+        info = audio_io.AudioInfo(sr, reader.channels, n, n / sr, reader.format)
+    return x, info
+
+
 def encode_file(
     codec: Codec,
     src: str | Path,
@@ -170,23 +206,19 @@ def encode_file(
 ) -> bitstream.StreamHeader:
     """Encode an audio file (or "-") to an open binary output, block by block."""
     n = codec.levels_for(kbps, levels)
-    with audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES) as reader:
-        codec.check_channels(reader.channels, reader.name)
+    with open_for_model(src, codec.channels) as reader:
         header = codec.header_for(reader.sample_rate, reader.channels, reader.num_frames, n)
         writer = bitstream.StreamWriter(dst, header)
-        resampler = audio_io.StreamingResampler(reader.sample_rate, SAMPLE_RATE, reader.channels)
         total = 0
 
-        def blocks() -> Iterator[torch.Tensor]:
+        def count(frames: int) -> None:
             nonlocal total
-            for block in reader:
-                total += block.shape[1]
-                if progress is not None:
-                    progress(block.shape[1])
-                yield codec.to_model_channels(torch.from_numpy(resampler.process(block)))[None]
-            yield codec.to_model_channels(torch.from_numpy(resampler.flush()))[None]
+            total += frames
+            if progress is not None:
+                progress(frames)
 
-        for codes in codec.encode_blocks(blocks(), n):
+        blocks = (b[None] for b in model_blocks(reader, codec.channels, count))
+        for codes in codec.encode_blocks(blocks, n):
             writer.write(codes[0].numpy())
         if total == 0:
             raise AudioError(f"{reader.name}: no samples")

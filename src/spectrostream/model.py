@@ -5,7 +5,8 @@ Offline and streaming share one code path: offline is a stream fed a single chun
 
 from __future__ import annotations
 
-from typing import Self
+from dataclasses import dataclass
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,15 @@ from .dsp import ISTFT, STFT
 from .encoder import Encoder
 from .errors import UsageError
 from .quantizer import ResidualVQ
-from .streaming import is_streaming, set_streaming
+from .streaming import (
+    FrameBuffer,
+    clone_state,
+    get_state,
+    is_streaming,
+    set_state,
+    set_streaming,
+)
+from .streaming import reset as reset_layers
 
 
 class SpectroStream(nn.Module):
@@ -68,15 +77,19 @@ class SpectroStream(nn.Module):
 
 
 class _Stream:
-    """Turns streaming on for ``modules`` until ``close()``; one open stream per module."""
+    """Turns streaming on for ``parts`` until ``close()``; one open stream per module.
+
+    ``get_state()`` is a complete snapshot (a copy): ``set_state()`` of it continues exactly
+    where it was taken, any number of times; ``reset()`` starts a new stream.
+    """
 
     kind = "stream"
 
-    def __init__(self, modules: tuple[nn.Module, ...]) -> None:
-        if any(is_streaming(m) for m in modules):
+    def __init__(self, parts: dict[str, nn.Module]) -> None:
+        if any(is_streaming(m) for m in parts.values()):
             raise RuntimeError(f"this model already has an open streaming {self.kind}")
-        self._modules = modules
-        for m in modules:
+        self._parts = parts
+        for m in parts.values():
             set_streaming(m, True)
         self.closed = False
 
@@ -86,9 +99,28 @@ class _Stream:
 
     def close(self) -> None:
         if not self.closed:
-            for m in self._modules:
+            for m in self._parts.values():
                 set_streaming(m, False)
             self.closed = True
+
+    def reset(self) -> None:
+        """Back to the start of a stream (fresh state), staying open."""
+        self._check_open()
+        for m in self._parts.values():
+            reset_layers(m)
+        self.batch = None  # the next push fixes it again
+
+    def get_state(self) -> dict[str, Any]:
+        """A copy of the whole stream state: every layer's, plus the stream's own counters."""
+        self._check_open()
+        return {name: get_state(m) for name, m in self._parts.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._check_open()
+        if set(state) - {"stream"} != set(self._parts):
+            raise UsageError(f"not a streaming {self.kind} state")
+        for name, m in self._parts.items():
+            set_state(m, state[name])
 
     def __enter__(self) -> Self:
         return self
@@ -102,7 +134,9 @@ class StreamingEncoder(_Stream):
 
     Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``flush()``
     zero-fills the end exactly as the offline path does, so the concatenated output equals
-    ``model.encode(all_audio)``.
+    ``model.encode(all_audio)``. The network only ever sees whole code frames (groups of four
+    STFT frames; the rest waits in a buffer), so a stream of 40 ms chunks runs it with the same
+    shapes at every step, those of :class:`spectrostream.step.NetworkStep`.
     """
 
     kind = "encoder"
@@ -113,20 +147,46 @@ class StreamingEncoder(_Stream):
             isinstance(n_levels, bool) or not isinstance(n_levels, int) or not 1 <= n_levels <= q
         ):
             raise UsageError(f"n_levels must be an integer in 1..{q} or None, got {n_levels!r}")
-        super().__init__((model.stft, model.encoder))
+        super().__init__({"stft": model.stft, "encoder": model.encoder})
         self.model, self.n_levels = model, n_levels
         self.samples_in = 0
+        self._frames: FrameBuffer | None = None  # STFT frames of an incomplete code frame
         self.batch: int | None = None  # fixed by the first push
+
+    def reset(self) -> None:
+        super().reset()
+        self.samples_in, self._frames = 0, None
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["stream"] = EncoderCounters(self.samples_in, clone_state(self._frames))
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        counters = state["stream"]
+        self.samples_in, self._frames = counters.samples_in, clone_state(counters.frames)
 
     def push_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> embeddings [B, D, m] for the code frames completed by this chunk."""
         self._check_open()
         self.samples_in += audio.shape[-1]
-        spec = self.model.stft(audio)
-        if spec.shape[3] == 0:  # no new STFT frame: nothing downstream can change
-            b = audio.shape[0]
-            return audio.new_zeros(b, self.model.config.embedding_dim, 0)
-        return self.model.encoder(spec)
+        spec = self.model.stft(audio)  # [B, C, 2, T, 480]
+        if self._frames is None and spec.shape[3] % FRAMES_PER_CODE == 0:
+            whole = spec  # nothing pending: no copy
+        else:
+            if self._frames is None:
+                self._frames = FrameBuffer.zeros(spec, 3, 0, spec.shape[3])
+            buf = self._frames.append(spec)
+            whole = buf.narrow(3, 0, buf.shape[3] // FRAMES_PER_CODE * FRAMES_PER_CODE)
+        if whole.shape[3] == 0:  # no complete code frame: nothing downstream can change
+            return audio.new_zeros(audio.shape[0], self.model.config.embedding_dim, 0)
+        emb = self.model.encoder(whole)
+        if self._frames is not None:
+            self._frames.consume(whole.shape[3])
+            if self._frames.fill == 0:
+                self._frames = None
+        return emb
 
     def push(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> codes [B, L, m]. A rejected chunk leaves the stream as it was."""
@@ -150,6 +210,14 @@ class StreamingEncoder(_Stream):
         return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.n_levels)
 
 
+@dataclass
+class EncoderCounters:
+    """The streaming encoder's own state: samples pushed, STFT frames of a partial code frame."""
+
+    samples_in: int
+    frames: FrameBuffer | None
+
+
 class StreamingDecoder(_Stream):
     """Code frames in, audio out: after code frame j arrives, samples up to 1920 j are final.
 
@@ -160,7 +228,7 @@ class StreamingDecoder(_Stream):
     kind = "decoder"
 
     def __init__(self, model: SpectroStream) -> None:
-        super().__init__((model.decoder, model.trim, model.istft))
+        super().__init__({"decoder": model.decoder, "trim": model.trim, "istft": model.istft})
         self.model = model
         self.batch: int | None = None  # fixed by the first push
 

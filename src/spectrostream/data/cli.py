@@ -6,11 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import soundfile as sf
-
 from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, build_corpus
 from spectrostream.data.pack import PackOptions, write_pack
-from spectrostream.errors import DataError, exit_status
+from spectrostream.errors import exit_status
 
 
 def add_parser(subparsers) -> None:
@@ -80,17 +78,14 @@ def add_parser(subparsers) -> None:
 def run_debian(args: argparse.Namespace) -> int:
     out_dir: Path = args.output
     workdir: Path = args.workdir if args.workdir is not None else out_dir / ".work"
-    try:
-        result = build_corpus(
-            args.packages,
-            out_dir,
-            workdir,
-            force=args.force,
-            keep_extracted=args.keep_extracted,
-            progress=not args.no_progress,
-        )
-    except sf.LibsndfileError as err:  # libsndfile's errors are not ours: name them DataError
-        raise DataError(str(err)) from err
+    result = build_corpus(
+        args.packages,
+        out_dir,
+        workdir,
+        force=args.force,
+        keep_extracted=args.keep_extracted,
+        progress=not args.no_progress,
+    )
     from spectrostream.data.debian import load_package_reports
 
     reports = load_package_reports(out_dir)
@@ -115,16 +110,13 @@ def run_pack(args: argparse.Namespace) -> int:
         max_excerpt_s=args.max_excerpt,
         seed=args.seed,
     )
-    try:
-        result = write_pack(
-            args.corpus,
-            args.output,
-            options,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except sf.LibsndfileError as err:
-        raise DataError(str(err)) from err
+    result = write_pack(
+        args.corpus,
+        args.output,
+        options,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(
         f"pack {args.output}: {result.train_excerpts} train excerpts from {result.train_tracks}"
         f" tracks ({result.train_seconds / 60:.1f} min), {result.valid_excerpts} valid excerpts"

@@ -16,7 +16,7 @@ for ViSQOL. Definitions (also in docs/quality.md):
   spaced on the HTK mel scale from 0 Hz to sr/2, applied to the magnitude (not power); then
   mean over channels, filters and frames of ``|log10(max(M_ref, 1e-5)) - log10(max(M_est,
   1e-5))|``. Scaling the estimate by 2 gives log10(2) = 0.301.
-- SI-SDR (dB): per channel, no mean removal: ``a = <s, e> / <s, s>``,
+- SI-SDR (dB): per channel, both signals with their mean removed: ``a = <s, e> / <s, s>``,
   ``10 log10(|a s|^2 / |e - a s|^2)``; the noise energy is floored at 1e-20 times the target
   energy, so identical signals give 200 dB rather than infinity.
 - Stereo image (2-channel audio only): the same STFT; bins grouped into 32 bands whose edges are
@@ -35,10 +35,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
-import soxr
 
+from spectrostream.audio_io import fit_length, resample, to_channels_first
 from spectrostream.errors import MetricError
 
 VISQOL_SPEECH_RATE = 16000
@@ -53,7 +54,6 @@ STEREO_BANDS = 32
 ICC_BLOCK_FRAMES = 16
 ACTIVE_RANGE_DB = 50.0
 ILD_CLIP_DB = 30.0
-SI_SDR_NOISE_FLOOR = 1e-20
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,21 +61,16 @@ SI_SDR_NOISE_FLOOR = 1e-20
 
 
 def as_channels_first(audio: np.ndarray) -> np.ndarray:
-    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``."""
-    array = np.asarray(audio, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {array.shape}")
-    return array
+    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``; MetricError if empty or of another rank."""
+    shape = np.shape(audio)
+    if len(shape) not in (1, 2) or shape[-1] == 0:
+        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {shape}")
+    return to_channels_first(audio, np.float64)
 
 
 def match_length(estimate: np.ndarray, num_samples: int) -> np.ndarray:
     """Trims or zero-pads ``estimate [C, T']`` at the end to ``[C, num_samples]``."""
-    estimate = as_channels_first(estimate)
-    if estimate.shape[1] >= num_samples:
-        return estimate[:, :num_samples]
-    return np.pad(estimate, ((0, 0), (0, num_samples - estimate.shape[1])))
+    return fit_length(as_channels_first(estimate), num_samples)
 
 
 def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,25 +86,20 @@ def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def si_sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """Scale-invariant SDR in dB, mean over channels (see module docstring).
+    """Scale-invariant SDR in dB, mean over channels (``spectrostream.metrics.si_sdr``, float64).
 
     Raises MetricError if a reference channel is all zeros (SI-SDR is undefined there).
     """
+    import torch  # deferred: this module (and evaluation.cli) imports without torch
+
+    from ..metrics import si_sdr
+
     ref, est = _pair(reference, estimate)
-    values = []
-    for s, e in zip(ref, est, strict=True):
-        energy = float(np.dot(s, s))
-        if energy == 0.0:
-            raise MetricError("SI-SDR is undefined for a silent reference channel")
-        target = (float(np.dot(s, e)) / energy) * s
-        target_energy = float(np.dot(target, target))
-        noise = e - target
-        noise_energy = max(float(np.dot(noise, noise)), SI_SDR_NOISE_FLOOR * target_energy)
-        if target_energy == 0.0:
-            values.append(-math.inf if noise_energy > 0 else 0.0)
-            continue
-        values.append(10.0 * math.log10(target_energy / noise_energy))
-    return float(np.mean(values))
+    if np.any(~np.any(ref != 0.0, axis=1)):
+        raise MetricError("SI-SDR is undefined for a silent reference channel")
+    values = si_sdr(torch.from_numpy(ref), torch.from_numpy(est)).numpy()
+    # 0 / 0 (estimate orthogonal to the reference, no noise either) scores 0 dB.
+    return float(np.mean(np.nan_to_num(values, nan=0.0)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,23 +119,16 @@ def stft_magnitude_and_phase(audio: np.ndarray) -> np.ndarray:
     return np.fft.rfft(framed, axis=-1).transpose(0, 2, 1)
 
 
-def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 @lru_cache(maxsize=8)
 def mel_filterbank(sample_rate: int) -> np.ndarray:
-    """``[MEL_FILTERS, STFT_SIZE // 2 + 1]`` triangular filters, peak 1, HTK mel, 0..sr/2."""
-    bin_hz = np.arange(STFT_SIZE // 2 + 1) * sample_rate / STFT_SIZE
-    edges_hz = _mel_to_hz(np.linspace(0.0, _hz_to_mel(sample_rate / 2), MEL_FILTERS + 2))
-    lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
-    rising = (bin_hz[None, :] - lower) / (centre - lower)
-    falling = (upper - bin_hz[None, :]) / (upper - centre)
-    filters = np.maximum(0.0, np.minimum(rising, falling))
+    """``[MEL_FILTERS, STFT_SIZE // 2 + 1]`` triangular filters, peak 1, HTK mel, 0..sr/2
+    (``spectrostream.metrics.mel_filterbank``, float64)."""
+    import torch
+
+    from ..metrics import mel_filterbank as shared_mel_filterbank
+
+    fb = shared_mel_filterbank(STFT_SIZE, MEL_FILTERS, sample_rate, dtype=torch.float64)
+    filters = np.ascontiguousarray(fb.numpy().T)
     filters.setflags(write=False)
     return filters
 
@@ -176,7 +159,12 @@ class StereoErrors:
 def stereo_band_edges(sample_rate: int) -> tuple[int, ...]:
     """STFT bin indices ``b_0 = 0 < b_1 < ... < b_n = bins``; band i is ``[b_i, b_i+1)``."""
     bins = STFT_SIZE // 2 + 1
-    edges_hz = _mel_to_hz(np.linspace(0.0, _hz_to_mel(sample_rate / 2), STEREO_BANDS + 1))
+    import torch
+
+    from ..metrics import hz_to_mel, mel_to_hz
+
+    top = hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64)).item()
+    edges_hz = mel_to_hz(torch.linspace(0.0, top, STEREO_BANDS + 1, dtype=torch.float64)).numpy()
     edges = np.round(edges_hz / (sample_rate / STFT_SIZE)).astype(int)
     edges[-1] = bins
     return tuple(sorted({int(e) for e in edges}))
@@ -267,31 +255,24 @@ class VisqolScorer:
 
     def speech(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel speech-mode MOS (lattice): each channel resampled to 16 kHz."""
-        ref, est = _pair(reference, estimate)
-        scores = []
-        for r, e in zip(ref, est, strict=True):
-            r16 = _resample(r, sample_rate, VISQOL_SPEECH_RATE)
-            e16 = _resample(e, sample_rate, VISQOL_SPEECH_RATE)
-            scores.append(
-                float(self._speech.measure_from_arrays(r16, e16, VISQOL_SPEECH_RATE).moslqo)
-            )
-        return scores
+        return self._per_channel(self._speech, VISQOL_SPEECH_RATE, reference, estimate, sample_rate)
 
     def audio(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel audio-mode MOS at 48 kHz (input at another rate is resampled)."""
+        return self._per_channel(self._audio, VISQOL_AUDIO_RATE, reference, estimate, sample_rate)
+
+    @staticmethod
+    def _per_channel(
+        api: Any, rate: int, reference: np.ndarray, estimate: np.ndarray, sample_rate: int
+    ) -> list[float]:
         ref, est = _pair(reference, estimate)
         scores = []
         for r, e in zip(ref, est, strict=True):
-            r48 = _resample(r, sample_rate, VISQOL_AUDIO_RATE)
-            e48 = _resample(e, sample_rate, VISQOL_AUDIO_RATE)
-            scores.append(
-                float(self._audio.measure_from_arrays(r48, e48, VISQOL_AUDIO_RATE).moslqo)
-            )
+            r_at, e_at = _resample(r, sample_rate, rate), _resample(e, sample_rate, rate)
+            scores.append(float(api.measure_from_arrays(r_at, e_at, rate).moslqo))
         return scores
 
 
 def _resample(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return np.asarray(channel, dtype=np.float64)
-    out = soxr.resample(np.asarray(channel, dtype=np.float64), rate_in, rate_out, quality="VHQ")
-    return np.asarray(out, dtype=np.float64)
+    """One channel ``[T]`` -> float64 ``[T']`` (audio_io's resampler, in double precision)."""
+    return resample(channel, rate_in, rate_out, dtype=np.float64)[0]

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import exit_status
+from ..errors import DivergedError, exit_status
 from .config import TrainConfig
 
 
@@ -41,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="initialize the generator from an exported .safetensors model",
     )
     p.add_argument("--max-steps", type=int, metavar="N", help="override [optim] max_steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="stop (after writing a checkpoint) once M minutes of wall time have passed",
+    )
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -63,7 +69,17 @@ def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         cfg = cfg.with_(optim={"max_steps": args.max_steps})
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(cfg, out, resume=args.resume, init=args.init)
+    try:
+        result = train(
+            cfg,
+            out,
+            resume=args.resume,
+            init=args.init,
+            max_minutes=getattr(args, "max_minutes", None),
+        )
+    except DivergedError as e:  # exit 1, not 2: the config was fine, the run was not
+        print(f"spectrostream: training stopped: {e}", file=sys.stderr)
+        return 1
     print(
         f"trained to step {result.step}; last checkpoint: {result.last_checkpoint}", file=sys.stderr
     )

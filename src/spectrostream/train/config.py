@@ -33,6 +33,8 @@ class DataConfig:
     silence_retries: redraws before a quiet crop is accepted (and counted).
     valid_crops: number of fixed validation crops (spread over the validation tracks).
     manifest_cache: JSON file caching per-file metadata; "" means RUN_DIR/manifest.json.
+    augment_gain_db: training crops get a random gain in +- this many dB (0: off).
+    augment_flips: training crops get a polarity flip and a left/right swap, each at p = 1/2.
     """
 
     train: tuple[str, ...] = ()
@@ -45,6 +47,8 @@ class DataConfig:
     valid_crops: int = 32
     valid_batch_size: int = 8
     manifest_cache: str = ""
+    augment_gain_db: float = 0.0
+    augment_flips: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,25 @@ class OptimConfig:
     grad_clip: float = 1000.0
     warmup_steps: int = 0
     max_steps: int = 2_000_000
+    # Betas used by both optimizers once the adversarial losses are on (step >= adv_start_step);
+    # before that ``betas`` (regression settings such as (0.9, 0.99) suit the phase better).
+    gan_betas: tuple[float, float] = (0.5, 0.9)
+    # Fresh runs only: zero the biases and rescale the convs (train/init.py) before step 0.
+    calibrate_init: bool = False
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """One weight per loss key; a weight of 0 skips computing that loss."""
+    """One weight per loss key; a weight of 0 skips computing that loss.
+
+    sdr: negative SDR of the waveform (dB; ``sdr_scale_invariant`` for SI-SDR).
+    cstft: squared error of the magnitude-compressed complex STFT at the codec's resolution
+        (960 / 480), |X|^cstft_power e^(i angle X).
+    balance: when true the weights of the losses on the decoded audio are shares of the
+        gradient that reaches the audio (each loss's gradient is normalised, then weighted;
+        commitment stays a plain weight). When false they are plain weights. Either way the
+        measured shares are logged as ``share/<loss>``.
+    """
 
     mel: float = 1.0
     adv_gen: float = 1.0
@@ -68,6 +86,11 @@ class LossConfig:
     commit: float = 1.0
     aux_stft: float = 0.0
     aux_wave: float = 0.0
+    sdr: float = 0.0
+    sdr_scale_invariant: bool = False
+    cstft: float = 0.0
+    cstft_power: float = 0.3
+    balance: bool = False
     mel_bins: int = 64
     mel_scales: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     # Adversarial losses start after this many steps (0 = from the start, as in the paper).
@@ -82,6 +105,8 @@ class LossConfig:
             "vq/commit": self.commit,
             "aux/stft": self.aux_stft,
             "aux/wave": self.aux_wave,
+            "wave/sdr": self.sdr,
+            "stft/compressed": self.cstft,
         }
 
 
@@ -93,6 +118,13 @@ class QuantizerTrainConfig:
         uniform usage (vectors per step / codebook size); it is then replaced by a residual.
     bypass_rate: probability per example that the decoder gets the unquantized embedding.
     dropout: "biased" (paper schedule), "uniform" (1..Q) or "none" (always all levels).
+
+    Stages (by step): steps < ae_steps are an autoencoder warm-up (quantizer bypassed, the
+    decoder gets the embedding plus Gaussian noise of ae_noise times its standard deviation).
+    At ae_steps, if kmeans_frames > 0 and the codebooks are not fitted yet (also after --init:
+    the codebooks are refitted), kmeans_frames embedding frames are collected from training
+    crops and residual k-means fits the levels one by one. Then the quantizer is on.
+    With kmeans_frames = 0 the first batch initialises the codebooks (the old behaviour).
     """
 
     ema_decay: float = 0.99
@@ -101,6 +133,9 @@ class QuantizerTrainConfig:
     dead_code_fraction: float = 0.03
     bypass_rate: float = 0.5
     dropout: str = "biased"
+    ae_steps: int = 0
+    ae_noise: float = 0.0
+    kmeans_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,8 @@ class TrainConfig:
             raise TrainConfigError("quantizer.ema_decay must be in (0, 1)")
         if not 0.0 <= q.bypass_rate <= 1.0:
             raise TrainConfigError("quantizer.bypass_rate must be in [0, 1]")
+        if q.ae_steps < 0 or q.ae_noise < 0 or q.kmeans_frames < 0:
+            raise TrainConfigError("quantizer: ae_steps, ae_noise, kmeans_frames must be >= 0")
         if q.dropout not in ("biased", "uniform", "none"):
             raise TrainConfigError("quantizer.dropout must be 'biased', 'uniform' or 'none'")
         if any(w < 16 or w & (w - 1) for w in self.discriminator.windows):

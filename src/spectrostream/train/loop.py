@@ -1,25 +1,14 @@
-"""The training loop: one discriminator step, then one generator step, per batch (DAC's shape).
+"""The training run: data, networks, resume, the step loop, logging, validation, checkpoints.
 
-    D step:  D(x), D(G(x).detach()) -> hinge loss -> backward -> clip -> Adam step
-    G step:  losses {"mel/loss", "adv/gen", "adv/feat", "vq/commit", "aux/stft", "aux/wave"}
-             weighted by one dict of lambdas -> backward -> clip -> Adam step
-
-The generator forward is ``GeneratorStep``: encode_embeddings -> QuantizerTrainer (EMA update,
-dropout, bypass, STE) -> decode_embeddings; it compares with x[..., :(N - 1) * 1920].
-Under DDP both networks are wrapped (codebooks are synchronised by the quantizer trainer, so
-buffers are not broadcast); the G step calls the unwrapped discriminator with its parameters
-frozen, so no discriminator gradient is computed or all-reduced there.
-
-No host synchronisation in the hot path: losses, norms and the non-finite flag accumulate on
-the device and are read every ``log_every`` steps and before each checkpoint.
+One file per job: ``distributed.py`` (processes and devices), ``nets.py`` (networks and
+optimizers), ``step.py`` (one D + G step), ``stages.py`` (quantizer stages), ``validation.py``
+(failure-mode validation), ``checkpoint.py`` (files). This module strings them together.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -27,368 +16,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from ..config import SAMPLE_RATE, ModelConfig
+from ..config import SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from ..errors import DivergedError, TrainingError
 from ..model import SpectroStream
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import CropDataset, StepBatchSampler, ValidDataset, build_split, worker_seeder
-from .discriminators import MultiScaleSTFTDiscriminator
-from .losses import (
-    MultiScaleMelLoss,
-    discriminator_hinge,
-    feature_matching,
-    generator_adversarial,
-    si_sdr,
-    stft_l1,
-    waveform_l1,
+from .data import (
+    CropDataset,
+    DataSplit,
+    StepBatchSampler,
+    ValidDataset,
+    build_split,
+    worker_seeder,
 )
-from .rvq import QuantizerTrainer, RVQOutput, codebook_stats
+from .distributed import DistInfo, gather_rng, seed_all, setup_distributed
+from .distributed import out_of_time as _out_of_time
+from .nets import GeneratorStep, Nets, build_model, build_nets, load_init_weights
+from .rvq import QuantizerTrainer
+from .stages import fit_codebooks, needs_fit
+from .step import StepRunner
+from .validation import VALID_KBPS, format_validation, validate, write_examples
+
+__all__ = [
+    "VALID_KBPS",
+    "DistInfo",
+    "DivergedError",
+    "GeneratorStep",
+    "StepRunner",
+    "TrainResult",
+    "TrainingError",
+    "build_model",
+    "build_nets",
+    "load_init_weights",
+    "train",
+]
 
 log = logging.getLogger(__name__)
-
-VALID_KBPS = (4, 8, 16)
-
-
-# ---- processes and devices ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_pref: str) -> DistInfo:
-    """Single process, or torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
-    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainingError("run.device = 'cuda' but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            "nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
-        )
-    return DistInfo(rank, world, local_rank, device)
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if isinstance(m, DDP) else m
-
-
-# ---- networks -------------------------------------------------------------------------------
-
-
-class GeneratorStep(nn.Module):
-    """x [B, C, T] -> (y [B, C, (N - 1) * 1920], RVQOutput); the unit DDP wraps."""
-
-    def __init__(self, model: SpectroStream, rvq: QuantizerTrainer) -> None:
-        super().__init__()
-        self.model, self.rvq = model, rvq
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RVQOutput]:
-        emb = self.model.encode_embeddings(x)
-        q = self.rvq(emb, self.model.quantizer.codebooks)
-        return self.model.decode_embeddings(q.quantized), q
-
-
-def build_model(model_cfg: ModelConfig) -> SpectroStream:
-    if not model_cfg.weight_norm:
-        model_cfg = model_cfg.with_(weight_norm=True)
-    return SpectroStream(model_cfg)
-
-
-def load_init_weights(model: SpectroStream, path: str) -> None:
-    """Initialize a weight-normed training model from an exported (plain-conv) model.
-
-    The exported state dict must match a plain model of the same config exactly (strict);
-    each weight-normed conv then gets its weight assigned, which re-derives (g, v).
-    """
-    from torch.nn.utils import parametrize
-
-    from ..codec import load
-
-    src = load(path).model
-    plain_cfg = model.config.with_(weight_norm=False)
-    if src.config.with_(weight_norm=False) != plain_cfg:
-        raise TrainingError(
-            f"--init model config does not match the training config:\n  init:  "
-            f"{src.config.to_json()}\n  train: {plain_cfg.to_json()}"
-        )
-    plain = SpectroStream(plain_cfg)
-    plain.load_state_dict(src.state_dict(), strict=True)
-    plain_modules = dict(plain.named_modules())
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if "parametrizations" in name.split("."):
-                continue  # weight-norm internals (g, v): set through ``m.weight =`` below
-            src_m = plain_modules[name]
-            for pname, p in m.named_parameters(recurse=False):
-                p.copy_(getattr(src_m, pname))
-            for bname, b in m.named_buffers(recurse=False):
-                b.copy_(getattr(src_m, bname))
-            if parametrize.is_parametrized(m, "weight"):
-                m.weight = src_m.weight.detach().clone()
-    # Check numerically that the re-derived (g, v) give back the source weights.
-    for name, m in model.named_modules():
-        wn = parametrize.is_parametrized(m, "weight")
-        if wn and not torch.allclose(m.weight, plain_modules[name].weight, atol=1e-6, rtol=1e-5):
-            raise TrainingError(f"--init: weight norm re-application failed at {name}")
-
-
-@dataclass
-class Nets:
-    model: SpectroStream
-    rvq: QuantizerTrainer
-    disc: MultiScaleSTFTDiscriminator
-    gen_step: nn.Module  # GeneratorStep, DDP-wrapped when distributed
-    disc_run: nn.Module  # discriminator, DDP-wrapped when distributed
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-
-
-def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Nets:
-    model_cfg = cfg.model_config()
-    model = build_model(model_cfg)
-    if init is not None:
-        load_init_weights(model, init)
-    rvq = QuantizerTrainer(
-        model_cfg.num_quantizers,
-        model_cfg.codebook_size,
-        model_cfg.embedding_dim,
-        cfg.quantizer,
-        init_from_codebooks=init is not None,
-    )
-    disc = MultiScaleSTFTDiscriminator(
-        cfg.discriminator.windows, model_cfg.audio_channels, cfg.discriminator.base_width
-    )
-    dev = dinfo.device
-    model.to(dev)
-    rvq.to(dev)
-    disc.to(dev)
-    if cfg.run.channels_last:
-        model.to(memory_format=torch.channels_last)
-        disc.to(memory_format=torch.channels_last)
-    if cfg.run.compile:
-        # Six discriminators share one code object and run with and without parameter grads:
-        # allow that many specializations instead of falling back to eager.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        model.encoder.compile()
-        model.decoder.compile()
-        for d in disc.discriminators:
-            d.stack.compile(dynamic=False)
-    gen_step: nn.Module = GeneratorStep(model, rvq)
-    disc_run: nn.Module = disc
-    if dinfo.world > 1:
-        ids = [dinfo.local_rank] if dev.type == "cuda" else None
-        gen_step = DDP(gen_step, device_ids=ids, broadcast_buffers=False)
-        disc_run = DDP(disc, device_ids=ids, broadcast_buffers=False)
-    o = cfg.optim
-    opt_g = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr, betas=o.betas)
-    return Nets(model, rvq, disc, gen_step, disc_run, opt_g, opt_d)
-
-
-# ---- one step -------------------------------------------------------------------------------
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and cfg.run.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _split(ts: list[torch.Tensor], b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return [t[:b] for t in ts], [t[b:] for t in ts]
-
-
-class StepRunner:
-    """Runs training steps and keeps device-side running sums for logging."""
-
-    def __init__(self, cfg: TrainConfig, nets: Nets, device: torch.device) -> None:
-        self.cfg, self.nets, self.device = cfg, nets, device
-        self.lambdas = cfg.loss.lambdas()
-        self.mel = MultiScaleMelLoss(cfg.loss.mel_scales, cfg.loss.mel_bins).to(device)
-        self.reset_stats()
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        self.last_counts: torch.Tensor | None = None
-
-    def reset_stats(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n = 0
-
-    def _acc(self, key: str, value: torch.Tensor) -> None:
-        v = value.detach().float()
-        self.sums[key] = self.sums[key] + v if key in self.sums else v
-
-    def set_lr(self, step: int) -> None:
-        o = self.cfg.optim
-        scale = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
-        for opt in (self.nets.opt_g, self.nets.opt_d):
-            for g in opt.param_groups:
-                g["lr"] = o.lr * scale
-
-    def step(self, x: torch.Tensor, step: int) -> None:
-        cfg, nets = self.cfg, self.nets
-        self.set_lr(step)
-        # No discriminator work at all when both adversarial weights are 0.
-        adv_on = self.lambdas["adv/gen"] > 0 or self.lambdas["adv/feat"] > 0
-        adversarial = adv_on and step >= cfg.loss.adv_start_step
-        clip = cfg.optim.grad_clip
-        with _autocast(cfg, self.device):
-            y, q = nets.gen_step(x)
-        x_ref = x[..., : y.shape[-1]]
-        b = x.shape[0]
-
-        # Discriminator step.
-        if adversarial:
-            with _autocast(cfg, self.device):
-                logits, _ = nets.disc_run(torch.cat([x_ref, y.detach()]))
-            real, fake = _split(logits, b)
-            d_loss = discriminator_hinge(real, fake)
-            nets.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            gn_d = torch.nn.utils.clip_grad_norm_(nets.disc.parameters(), clip)
-            nets.opt_d.step()
-            self._acc("d/loss", d_loss)
-            self._acc("grad/disc_norm", gn_d)
-            self.nonfinite |= ~torch.isfinite(d_loss)
-
-        # Generator step.
-        losses: dict[str, torch.Tensor] = {}
-        lam = self.lambdas
-        if lam["mel/loss"] > 0:
-            losses["mel/loss"] = self.mel(x_ref, y)
-        if adversarial:
-            nets.disc.requires_grad_(False)
-            try:
-                with _autocast(cfg, self.device):
-                    logits, feats = nets.disc(torch.cat([x_ref, y]))
-            finally:
-                nets.disc.requires_grad_(True)
-            _, fake_logits = _split(logits, b)
-            real_feats, fake_feats = zip(*(_split(f, b) for f in feats), strict=True)
-            losses["adv/gen"] = generator_adversarial(fake_logits)
-            losses["adv/feat"] = feature_matching(real_feats, fake_feats)
-        losses["vq/commit"] = q.commit
-        if lam["aux/stft"] > 0:
-            losses["aux/stft"] = stft_l1(x_ref, y)
-        if lam["aux/wave"] > 0:
-            losses["aux/wave"] = waveform_l1(x_ref, y)
-        total = sum(lam[k] * v for k, v in losses.items())
-        nets.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        gn_g = torch.nn.utils.clip_grad_norm_(nets.model.parameters(), clip)
-        nets.opt_g.step()
-
-        self.nonfinite |= ~torch.isfinite(total)
-        for k, v in losses.items():
-            self._acc(k, v)
-        self._acc("loss/generator", total)
-        self._acc("grad/gen_norm", gn_g)
-        with torch.no_grad():
-            self._acc("metrics/si_sdr", si_sdr(x_ref, y.detach()).mean())
-            self._acc("vq/levels_mean", q.n_levels.float().mean())
-            self._acc("vq/bypass_share", q.bypass.float().mean())
-        self.last_counts = q.counts
-        self.n += 1
-
-    def read_stats(self) -> dict[str, float]:
-        """Averages since the last read (one host sync), plus codebook stats of the last step."""
-        keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist() if keys else []
-        out = {k: v / max(1, self.n) for k, v in zip(keys, values, strict=True)}
-        if self.last_counts is not None:
-            usage, ppl = codebook_stats(self.last_counts)
-            usage_l, ppl_l = usage.cpu().tolist(), ppl.cpu().tolist()
-            for i, (u, p) in enumerate(zip(usage_l, ppl_l, strict=True)):
-                out[f"vq_usage/level_{i:02d}"] = u
-                out[f"vq_perplexity/level_{i:02d}"] = p
-            out["vq/usage_mean"] = float(np.mean(usage_l))
-            out["vq/perplexity_mean"] = float(np.mean(ppl_l))
-        self.reset_stats()
-        return out
-
-    def check_finite(self, step: int, run_dir: Path) -> None:
-        if bool(self.nonfinite):
-            raise DivergedError(
-                f"non-finite loss (NaN/Inf) detected by step {step}; stopping. "
-                + ckpt.describe_latest(run_dir)
-            )
-
-
-# ---- validation -----------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(
-    cfg: TrainConfig, nets: Nets, loader: DataLoader, mel: MultiScaleMelLoss, device: torch.device
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Mel distance and SI-SDR at 4/8/16 kbps (and unquantized); examples for the first items."""
-    model = nets.model
-    model.eval()
-    top = model.config.max_kbps  # a small model's top rate stands in for higher ones
-    levels = {k: model.config.levels_for_kbps(min(k, top)) for k in VALID_KBPS}
-    sums: dict[str, float] = {}
-    count = 0
-    examples: dict[str, Any] = {}
-    try:
-        for x in loader:
-            x = x.to(device, non_blocking=True)
-            with _autocast(cfg, device):
-                emb = model.encode_embeddings(x)
-            outs = {"bypass": emb.float()}
-            for kbps, n in levels.items():
-                outs[f"{kbps}kbps"] = model.quantizer.quantize(emb.float(), n)[1]
-            for name, e in outs.items():
-                with _autocast(cfg, device):
-                    y = model.decode_embeddings(e)
-                ref = x[..., : y.shape[-1]]
-                for i in range(x.shape[0]):
-                    m = mel(ref[i : i + 1], y[i : i + 1]).item()
-                    s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
-                    sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
-                    sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
-                    j = count + i
-                    if j < cfg.run.val_audio_examples:
-                        examples.setdefault(f"{j}/reference", ref[i].float().cpu())
-                        examples[f"{j}/{name}"] = y[i].float().cpu()
-            count += x.shape[0]
-    finally:
-        model.train()
-    return {k: v / max(1, count) for k, v in sums.items()}, examples
-
-
-def spectrogram_image(audio: torch.Tensor, n_fft: int = 2048) -> np.ndarray:
-    """audio [C, T] -> [1, F, frames] in [0, 1]: channel-mean log magnitude, -100..0 dB."""
-    x = audio.float().mean(0)
-    spec = torch.stft(x, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
-    db = 20 * torch.log10(spec.abs() / (n_fft / 4) + 1e-6)
-    img = ((db + 100) / 100).clamp(0, 1).flip(0)
-    return img[None].numpy()
-
-
-# ---- the run --------------------------------------------------------------------------------
 
 
 def _loader(
@@ -423,15 +90,6 @@ def _state(cfg: TrainConfig, nets: Nets, step: int, rngs: list[dict[str, Any]]) 
     }
 
 
-def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
-    mine = ckpt.rng_state()
-    if dinfo.world == 1:
-        return [mine]
-    out: list[Any] = [None] * dinfo.world
-    dist.all_gather_object(out, mine)
-    return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()} for r in out]
-
-
 def _restore(state: dict[str, Any], cfg: TrainConfig, nets: Nets, dinfo: DistInfo) -> int:
     saved_model = ModelConfig.from_json(state["model_config"])
     if saved_model != nets.model.config:
@@ -460,7 +118,7 @@ def _restore(state: dict[str, Any], cfg: TrainConfig, nets: Nets, dinfo: DistInf
             len(rngs),
             dinfo.world,
         )
-        _seed_all(cfg.run.seed, dinfo.rank, int(state["step"]))
+        seed_all(cfg.run.seed, dinfo.rank, int(state["step"]))
     return int(state["data"]["step"])
 
 
@@ -475,29 +133,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _seed_all(seed: int, rank: int, step: int) -> None:
-    ss = np.random.SeedSequence([seed, rank, step])
-    s = int(ss.generate_state(1)[0])
-    torch.manual_seed(s)
-    np.random.seed(s)
-    import random
-
-    random.seed(s)
-
-
-def _write_examples(run_dir: Path, step: int, examples: dict[str, Any], writer: Any) -> None:
-    out_dir = run_dir / "samples" / f"step_{step:08d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, audio in examples.items():
-        a = audio.clamp(-1, 1)
-        sf.write(
-            out_dir / f"{name.replace('/', '_')}.wav", a.T.numpy(), SAMPLE_RATE, subtype="PCM_16"
-        )
-        if writer is not None:
-            writer.add_audio(f"val_audio/{name}", a.mean(0), step, sample_rate=SAMPLE_RATE)
-            writer.add_image(f"val_spec/{name}", spectrogram_image(a), step, dataformats="CHW")
-
-
 @dataclass(frozen=True)
 class TrainResult:
     step: int
@@ -508,51 +143,85 @@ class TrainResult:
 
 
 def train(
-    cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    init: str | None = None,
+    max_minutes: float | None = None,
 ) -> TrainResult:
-    """Run (or continue) training until ``cfg.optim.max_steps``. Raises TrainingError/DataError."""
+    """Run (or continue) training until ``cfg.optim.max_steps`` or, with ``max_minutes``, until
+    that much wall time has passed (then a checkpoint is written and the run stops early).
+    Raises TrainingError/DataError."""
     run_dir = Path(run_dir)
     dinfo = setup_distributed(cfg.run.device)
     if dinfo.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels
     try:
-        return _train(cfg, run_dir, resume, init, dinfo)
+        deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        return _train(cfg, run_dir, resume, init, dinfo, deadline)
     finally:
         if dinfo.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(
-    cfg: TrainConfig, run_dir: Path, resume: bool, init: str | None, dinfo: DistInfo
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    init: str | None,
+    dinfo: DistInfo,
+    deadline: float | None = None,
 ) -> TrainResult:
+    _check_args(cfg, resume, init, dinfo)
+    if dinfo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    resume_state = _open_run(run_dir, resume, dinfo)
+    torch.manual_seed(cfg.run.seed + dinfo.rank)
+    np.random.seed((cfg.run.seed + dinfo.rank) % 2**32)
+    split, train_ds, valid_ds = _datasets(cfg, run_dir, dinfo)
+    nets = build_nets(cfg, dinfo, init)
+    start = 0 if resume_state is None else _restore(resume_state, cfg, nets, dinfo)
+    del resume_state
+    run = _Run(cfg, run_dir, dinfo, nets, train_ds, valid_ds, deadline)
+    try:
+        if dinfo.main:
+            run.open_log(split, start)
+        step = run.loop(start)
+    finally:
+        run.close()
+    return TrainResult(step, run_dir, run.last_ckpt, nets.model, nets.rvq)
+
+
+def _check_args(cfg: TrainConfig, resume: bool, init: str | None, dinfo: DistInfo) -> None:
     if resume and init is not None:
         raise TrainingError("--resume and --init are exclusive")
     if cfg.data.batch_size % dinfo.world:
         raise TrainingError(
             f"batch_size {cfg.data.batch_size} is not divisible by the {dinfo.world} processes"
         )
-    per_rank = cfg.data.batch_size // dinfo.world
-    device = dinfo.device
+
+
+def _open_run(run_dir: Path, resume: bool, dinfo: DistInfo) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a fresh run); refuses to overwrite a run."""
+    if not resume:
+        if ckpt.latest_checkpoint(run_dir) is not None:
+            raise TrainingError(
+                f"{run_dir} already holds checkpoints; pass --resume to continue "
+                "or choose another --out"
+            )
+        return None
+    if ckpt.latest_checkpoint(run_dir) is None:
+        raise TrainingError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
+    path, state = ckpt.load_latest_intact(run_dir, map_location="cpu")
     if dinfo.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
+    return state
 
-    resume_state = None
-    if resume:
-        if ckpt.latest_checkpoint(run_dir) is None:
-            raise TrainingError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
-        path, resume_state = ckpt.load_latest_intact(run_dir, map_location="cpu")
-        if dinfo.main:
-            print(f"resuming from {path} (step {resume_state['step']})", file=sys.stderr)
-    elif ckpt.latest_checkpoint(run_dir) is not None:
-        raise TrainingError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue "
-            "or choose another --out"
-        )
 
-    torch.manual_seed(cfg.run.seed + dinfo.rank)
-    np.random.seed((cfg.run.seed + dinfo.rank) % 2**32)
-
-    # Data (rank 0 builds the manifest cache first; the others then read it).
+def _datasets(
+    cfg: TrainConfig, run_dir: Path, dinfo: DistInfo
+) -> tuple[DataSplit, CropDataset, ValidDataset]:
+    """Rank 0 builds the manifest cache first; the others then read it."""
     cache = Path(cfg.data.manifest_cache) if cfg.data.manifest_cache else run_dir / "manifest.json"
     if dinfo.main:
         split = build_split(cfg.data.train, cfg.data.valid_fraction, cache)
@@ -560,118 +229,157 @@ def _train(
         dist.barrier()
     if not dinfo.main:
         split = build_split(cfg.data.train, cfg.data.valid_fraction, cache)
-    channels = cfg.model_config().audio_channels
+    d, channels = cfg.data, cfg.model_config().audio_channels
     train_ds = CropDataset(
         split.train,
         cfg.crop_samples,
         channels,
         cfg.run.seed,
         dinfo.rank,
-        cfg.data.silence_db,
-        cfg.data.silence_retries,
+        d.silence_db,
+        d.silence_retries,
+        gain_db=d.augment_gain_db,
+        flips=d.augment_flips,
     )
     valid_ds = ValidDataset(
-        split.valid,
-        cfg.crop_samples,
-        channels,
-        cfg.data.valid_crops,
-        cfg.run.seed,
-        cfg.data.silence_db,
+        split.valid, cfg.crop_samples, channels, d.valid_crops, cfg.run.seed, d.silence_db
     )
+    return split, train_ds, valid_ds
 
-    nets = build_nets(cfg, dinfo, init)
-    start = 0
-    if resume_state is not None:
-        start = _restore(resume_state, cfg, nets, dinfo)
-        del resume_state
-    runner = StepRunner(cfg, nets, device)
 
-    writer = None
-    if dinfo.main:
+class _Run:
+    """The step loop with its logging, validation, checkpoints and stage changes."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        dinfo: DistInfo,
+        nets: Nets,
+        train_ds: CropDataset,
+        valid_ds: ValidDataset,
+        deadline: float | None,
+    ) -> None:
+        self.cfg, self.run_dir, self.dinfo, self.nets = cfg, run_dir, dinfo, nets
+        self.train_ds, self.valid_ds, self.deadline = train_ds, valid_ds, deadline
+        self.per_rank = cfg.data.batch_size // dinfo.world
+        self.runner = StepRunner(cfg, nets, dinfo.device)
+        self.writer: Any = None
+        self.bar: Any = None
+        self.last_ckpt = ckpt.latest_checkpoint(run_dir) if dinfo.main else None
+        self.read_failures = self.quiet_crops = 0
+        self.t_last, self.steps_last = time.perf_counter(), 0
+
+    def open_log(self, split: DataSplit, start: int) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
         (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"))
+        self.writer = SummaryWriter(str(run_dir / "tb"))
         total_files = len(split.train) + len(split.valid) + len(split.failures)
-        writer.add_scalar("data/unreadable_files", len(split.failures), start)
+        self.writer.add_scalar("data/unreadable_files", len(split.failures), start)
         print(
             f"data: {len(split.train)} train / {len(split.valid)} valid tracks "
             f"({sum(t.seconds for t in split.train) / 3600:.2f} h train), "
             f"{len(split.failures)} of {total_files} files unreadable; "
-            f"{dinfo.world} process(es), batch {cfg.data.batch_size}, device {device}",
+            f"{self.dinfo.world} process(es), batch {cfg.data.batch_size}, "
+            f"device {self.dinfo.device}",
             file=sys.stderr,
         )
+        self.bar = _progress(cfg, self.dinfo, start)
 
-    loader = _loader(cfg, train_ds, per_rank, start, dinfo)
-    valid_loader = DataLoader(
-        valid_ds, batch_size=cfg.data.valid_batch_size, num_workers=min(2, cfg.data.num_workers)
-    )
-    audio_per_step = cfg.data.batch_size * cfg.crop_samples / SAMPLE_RATE
-    read_failures = quiet_crops = 0
-    last_ckpt = ckpt.latest_checkpoint(run_dir) if dinfo.main else None
-    bar = _progress(cfg, dinfo, start)
-    t_last, steps_last = time.perf_counter(), 0
-    step = start
-    try:
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def loop(self, start: int) -> int:
+        cfg, dinfo, nets = self.cfg, self.dinfo, self.nets
+        loader = _loader(cfg, self.train_ds, self.per_rank, start, dinfo)
+        step = start
         for x, fails, quiet in loader:
-            read_failures += int(fails.sum())
-            quiet_crops += int(quiet.sum())
-            x = x.to(device, non_blocking=True)
-            runner.step(x, step)
-            index, step = step, step + 1
-            steps_last += 1
-            if bar is not None:
-                bar.update(1)
-            if index % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
-                stats = runner.read_stats()
-                runner.check_finite(step, run_dir)
-                now = time.perf_counter()
-                rate = steps_last / max(now - t_last, 1e-9)
-                t_last, steps_last = now, 0
-                stats.update(
-                    {
-                        "perf/steps_per_s": rate,
-                        "perf/audio_s_per_s": rate * audio_per_step,
-                        "data/read_failures": read_failures,
-                        "data/quiet_crops": quiet_crops,
-                        "lr": nets.opt_g.param_groups[0]["lr"],
-                    }
+            self.read_failures += int(fails.sum())
+            self.quiet_crops += int(quiet.sum())
+            x = x.to(dinfo.device, non_blocking=True)
+            if needs_fit(cfg, nets.rvq, step):
+                frames = -(-cfg.crop_samples // SAMPLES_PER_CODE)
+                fit_codebooks(
+                    cfg, nets.model, nets.rvq, self.train_ds, dinfo.device, self.per_rank * frames
                 )
-                if writer is not None:
-                    for k, v in stats.items():
-                        writer.add_scalar(k, v, index)
-                if bar is not None:
-                    bar.set_postfix(
-                        mel=f"{stats.get('mel/loss', float('nan')):.2f}",
-                        sisdr=f"{stats['metrics/si_sdr']:.1f}",
-                        aps=f"{rate * audio_per_step:.0f}",
-                    )
-            if step % cfg.run.val_every == 0 and len(valid_ds):
+            self.runner.step(x, step)
+            index, step = step, step + 1
+            self.steps_last += 1
+            if self.bar is not None:
+                self.bar.update(1)
+            if index % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
+                self.log(index, step)
+            if step % cfg.run.val_every == 0 and len(self.valid_ds):
+                self.validate(step)
+            out_of_time = _out_of_time(self.deadline, dinfo)
+            if step % cfg.run.ckpt_every == 0 or step == cfg.optim.max_steps or out_of_time:
+                self.checkpoint(step)
+            if out_of_time:
                 if dinfo.main:
-                    vstats, examples = validate(cfg, nets, valid_loader, runner.mel, device)
-                    for k, v in vstats.items():
-                        writer.add_scalar(k, v, step)
-                    _write_examples(run_dir, step, examples, writer)
-                if dinfo.world > 1:
-                    dist.barrier()
-            if step % cfg.run.ckpt_every == 0 or step == cfg.optim.max_steps:
-                runner.check_finite(step, run_dir)
-                rngs = _gather_rng(dinfo)
-                if dinfo.main:
-                    last_ckpt = ckpt.save_checkpoint(
-                        run_dir, _state(cfg, nets, step, rngs), cfg.run.keep_checkpoints
-                    )
-                if dinfo.world > 1:
-                    dist.barrier()
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-    return TrainResult(step, run_dir, last_ckpt, nets.model, nets.rvq)
+                    print(f"time limit reached at step {step}", file=sys.stderr)
+                break
+        return step
+
+    def log(self, index: int, step: int) -> None:
+        stats = self.runner.read_stats()
+        self.runner.check_finite(step, self.run_dir)
+        now = time.perf_counter()
+        rate = self.steps_last / max(now - self.t_last, 1e-9)
+        self.t_last, self.steps_last = now, 0
+        audio_per_step = self.cfg.data.batch_size * self.cfg.crop_samples / SAMPLE_RATE
+        stats.update(
+            {
+                "perf/steps_per_s": rate,
+                "perf/audio_s_per_s": rate * audio_per_step,
+                "data/read_failures": self.read_failures,
+                "data/quiet_crops": self.quiet_crops,
+                "lr": self.nets.opt_g.param_groups[0]["lr"],
+            }
+        )
+        if self.writer is not None:
+            for k, v in stats.items():
+                self.writer.add_scalar(k, v, index)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                mel=f"{stats.get('mel/loss', float('nan')):.2f}",
+                sisdr=f"{stats['metrics/si_sdr']:.1f}",
+                aps=f"{rate * audio_per_step:.0f}",
+            )
+
+    def validate(self, step: int) -> None:
+        if self.dinfo.main:
+            loader = DataLoader(
+                self.valid_ds,
+                batch_size=self.cfg.data.valid_batch_size,
+                num_workers=min(2, self.cfg.data.num_workers),
+            )
+            vstats, examples = validate(
+                self.cfg, self.nets, loader, self.runner.mel, self.dinfo.device, step
+            )
+            print(format_validation(step, vstats), file=sys.stderr, flush=True)
+            for k, v in vstats.items():
+                self.writer.add_scalar(k, v, step)
+            write_examples(self.run_dir, step, examples, self.writer)
+        if self.dinfo.world > 1:
+            dist.barrier()
+
+    def checkpoint(self, step: int) -> None:
+        self.runner.check_finite(step, self.run_dir)
+        rngs = gather_rng(self.dinfo)
+        if self.dinfo.main:
+            self.last_ckpt = ckpt.save_checkpoint(
+                self.run_dir, _state(self.cfg, self.nets, step, rngs), self.cfg.run.keep_checkpoints
+            )
+        if self.dinfo.world > 1:
+            dist.barrier()
 
 
-def _progress(cfg: TrainConfig, dinfo: DistInfo, start: int):
+def _progress(cfg: TrainConfig, dinfo: DistInfo, start: int) -> Any:
     if not (dinfo.main and cfg.run.progress):
         return None
     from tqdm import tqdm

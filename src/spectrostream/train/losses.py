@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
+from ..config import HOP_SAMPLES, N_FFT
+from ..metrics import mel_filterbank
+from ..metrics import si_sdr as _si_sdr
 
 
 @contextmanager
@@ -27,41 +29,6 @@ def fp32(device: torch.device) -> Iterator[None]:
     """Disable autocast for the enclosed block (inputs must be cast to float32 by the caller)."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
-
-
-def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + f / 700.0)
-
-
-def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def mel_filterbank(
-    n_fft: int,
-    n_mels: int,
-    sample_rate: int = SAMPLE_RATE,
-    f_min: float = 0.0,
-    f_max: float | None = None,
-) -> torch.Tensor:
-    """Triangular HTK-mel filters, unnormalized, [n_fft // 2 + 1, n_mels].
-
-    With short windows some filters fall between FFT bins and are all zero; they contribute
-    nothing to the loss (identical zeros for both signals), which is intended.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    m = torch.linspace(
-        hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
-        hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(),
-        n_mels + 2,
-        dtype=torch.float64,
-    )
-    pts = mel_to_hz(m)
-    lower, center, upper = pts[:-2], pts[1:-1], pts[2:]
-    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
-    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
-    return torch.clamp(torch.minimum(up, down), min=0.0).float()
 
 
 class MelSpectrogram(nn.Module):
@@ -175,12 +142,49 @@ def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (x.float() - y.float()).abs().mean()
 
 
-def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SDR in dB per [B, C] signal (zero-mean), [B, C, T] -> [B, C]."""
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """SI-SDR in dB per [B, C] signal, [B, C, T] -> [B, C] (``spectrostream.metrics.si_sdr``,
+    float32, eps 1e-8 so that silence and zero outputs keep finite gradients)."""
     with fp32(reference.device):
-        r = reference.float() - reference.float().mean(-1, keepdim=True)
-        e = estimate.float() - estimate.float().mean(-1, keepdim=True)
-        scale = (e * r).sum(-1, keepdim=True) / (r.square().sum(-1, keepdim=True) + eps)
-        target = scale * r
-        noise = e - target
-        return 10 * torch.log10((target.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+        return _si_sdr(reference.float(), estimate.float(), eps=1e-8)
+
+
+def sdr_loss(x: torch.Tensor, y: torch.Tensor, scale_invariant: bool = False) -> torch.Tensor:
+    """Negative SDR in dB, mean over [B, C] signals; ``scale_invariant`` gives negative SI-SDR.
+
+    Scale-dependent SDR is 10 log10(|x|^2 / |x - y|^2): it asks for the right waveform, phase
+    and level included, and weighs a quiet crop like a loud one.
+    """
+    if scale_invariant:
+        return -si_sdr(x, y).mean()
+    with fp32(x.device):
+        xf, yf = x.float(), y.float()
+        num = xf.square().sum(-1) + 1e-8
+        den = (xf - yf).square().sum(-1) + 1e-8
+        return -(10 * torch.log10(num / den)).mean()
+
+
+def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:
+    """Mean squared error of |X|^p e^(i angle X) at the codec's STFT (960 / 480), plus the same
+    on the compressed magnitudes alone; compression lifts quiet bins, the complex term is phase.
+    """
+    b, c, t = x.shape
+    with fp32(x.device):
+        window = torch.hann_window(N_FFT, periodic=True, device=x.device)
+
+        def spec(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = torch.stft(
+                a.float().reshape(b * c, t),
+                N_FFT,
+                HOP_SAMPLES,
+                window=window,
+                center=False,
+                return_complex=True,
+            )
+            mag = (z.real.square() + z.imag.square() + 1e-10).sqrt()
+            comp = mag**power
+            return torch.view_as_real(z * (comp / mag)), comp
+
+        zx, mx = spec(x)
+        zy, my = spec(y)
+        return (zx - zy).square().sum(-1).mean() + (mx - my).square().mean()

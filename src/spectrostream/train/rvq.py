@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..quantizer import nearest_code
 from .config import QuantizerTrainConfig
 
 # Paper schedule for Q = 64: 1..16 step 1, 18..32 step 2, 36..64 step 4 (32 values, uniform).
@@ -68,7 +69,7 @@ def _dist_on() -> bool:
 
 def _nearest(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     """x [M, D], cb [K, D] -> index [M] of the nearest codeword (squared L2)."""
-    return ((cb * cb).sum(1) - 2.0 * x @ cb.t()).argmin(dim=1)
+    return nearest_code(x, cb.t(), (cb * cb).sum(1))
 
 
 def kmeans(
@@ -147,6 +148,31 @@ class QuantizerTrainer(nn.Module):
         self.cluster_size.fill_(uniform)
         self.embed_sum.copy_(codebooks.float() * uniform)
         self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, codebooks: torch.Tensor, step_vectors: int) -> None:
+        """Residual k-means on x [M, D] (many frames, not one batch), level by level.
+
+        The EMA state starts from the k-means assignment counts scaled to ``step_vectors``
+        (vectors per training step), so dead-code restarts work from the first step.
+        """
+        residual = x.float().clone()
+        scale = self._uniform_usage(step_vectors) * self.k / x.shape[0]
+        for level in range(self.q):
+            if not _dist_on() or dist.get_rank() == 0:
+                codebooks[level] = kmeans(residual, self.k, self.cfg.kmeans_iters)
+            if _dist_on():
+                dist.broadcast(codebooks[level], 0)
+            idx = _nearest(residual, codebooks[level].float())
+            counts = torch.bincount(idx, minlength=self.k).float() * scale
+            self.cluster_size[level] = counts
+            self.embed_sum[level] = codebooks[level].float() * counts[:, None]
+            residual = residual - codebooks[level][idx]
+        if _dist_on():  # every rank must start from rank 0's EMA state
+            dist.broadcast(self.cluster_size, 0)
+            dist.broadcast(self.embed_sum, 0)
+        self.initialized.fill_(True)
+        self._init_checked = True
 
     def _uniform_usage(self, local_vectors: int) -> float:
         world = dist.get_world_size() if _dist_on() else 1

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One GPU training round for the default model (docs/training.md, "GPU round"):
+#   AE re-warm-up -> residual k-means refit -> quantized training  (one `train` run, by stage)
+#   -> fp16 export -> model split into <= 15 MiB parts + sha256 -> summary and training log.
+# Everything it returns is written to $OUT (at most 8 files, each under 16 MiB).
+#
+#   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--config TOML]
+#
+# Defaults: --data .gpu/data (from `spectrostream data pack`, rotate --seed per round),
+# --init src/spectrostream/models/default.safetensors, --minutes 8, configs/gpu_round.toml,
+# OUT=${OUT:-runs/gpu_round_out}. Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
+# installed first when present. --smoke: a tiny model on synthetic audio on the CPU, the same
+# steps end to end in about a minute (CI-sized; no GPU needed).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="$ROOT/.gpu/data"
+INIT="$ROOT/src/spectrostream/models/default.safetensors"
+CONFIG="$ROOT/configs/gpu_round.toml"
+MINUTES=8
+SMOKE=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --smoke) SMOKE=1; shift ;;
+    --data) DATA="$2"; shift 2 ;;
+    --init) INIT="$2"; shift 2 ;;
+    --minutes) MINUTES="$2"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    *) echo "gpu_round.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+OUT="${OUT:-$ROOT/runs/gpu_round_out}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_round.XXXXXX")"
+PY="${PYTHON:-python3}"
+if compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$WORK/site" "$ROOT"/.whl/*.whl
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# The train/export entry point imports no data-building code (no PyAV needed).
+SS=("$PY" -m spectrostream.train.cli)
+LOG="$OUT/train.log"
+
+if [[ $SMOKE == 1 ]]; then
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  "$PY" "$ROOT/scripts/smoke_data.py" "$WORK/data"
+  DATA="$WORK/data"
+  CONFIG="$WORK/smoke.toml"
+  "$PY" "$ROOT/scripts/smoke_data.py" --config "$CONFIG"
+  # A tiny "previous default" to continue from, as a real round continues the shipped model.
+  "${SS[@]}" train "$CONFIG" --data "$DATA" --out "$WORK/prev" --max-steps 2 > "$WORK/prev.log" 2>&1
+  "${SS[@]}" export "$WORK/prev" -o "$WORK/prev.safetensors" --fp16
+  INIT="$WORK/prev.safetensors"
+  MINUTES=3
+fi
+
+[[ -d "$DATA" ]] || { echo "gpu_round.sh: no data folder $DATA (spectrostream data pack)" >&2; exit 2; }
+[[ -f "$INIT" ]] || { echo "gpu_round.sh: no --init model $INIT" >&2; exit 2; }
+command -v nvidia-smi > /dev/null && nvidia-smi -L | tee "$OUT/device.txt" || true
+
+START=$(date +%s)
+set +e
+"${SS[@]}" train "$CONFIG" --data "$DATA" --out "$WORK/run" --init "$INIT" \
+  --max-minutes "$MINUTES" 2>&1 | tee "$LOG"
+RC=${PIPESTATUS[0]}
+set -e
+[[ $RC == 0 ]] || { echo "gpu_round.sh: training failed (exit $RC); log in $LOG" >&2; exit "$RC"; }
+
+"${SS[@]}" export "$WORK/run" -o "$WORK/model.safetensors" --fp16 2>&1 | tee -a "$LOG"
+cp "$WORK/run/train_config.json" "$WORK/train_config.json"
+( cd "$WORK" && split -b 15M -d -a 2 model.safetensors model.safetensors.part- \
+  && sha256sum model.safetensors > model.sha256 )
+cp "$WORK"/model.safetensors.part-* "$WORK/model.sha256" "$OUT/"
+"$PY" "$ROOT/scripts/round_summary.py" "$WORK/run" "$DATA" "$INIT" "$(( $(date +%s) - START ))" \
+  > "$OUT/round.json"
+cat "$OUT/round.json"
+NFILES=$(find "$OUT" -type f | wc -l)
+echo "gpu_round.sh: $NFILES files in $OUT; reassemble with:" \
+  "cat model.safetensors.part-* > model.safetensors && sha256sum -c model.sha256"
+rm -rf "$WORK"

@@ -1,0 +1,67 @@
+"""Signal math shared by training and evaluation: SI-SDR and the HTK mel filterbank.
+
+One definition each, used by ``train/losses.py`` (torch, float32, differentiable) and
+``evaluation/metrics.py`` (float64 numbers for reports).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SAMPLE_RATE
+
+SI_SDR_NOISE_FLOOR = 1e-20
+
+
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Scale-invariant SDR in dB over the last axis, [..., T] -> [...]; differentiable.
+
+    Both signals have their mean removed; the target is the projection of the estimate on the
+    reference, a = <e, r> / <r, r>, and SI-SDR = 10 log10(|a r|^2 / |e - a r|^2). The noise
+    energy is floored at 1e-20 times the target energy (identical signals give 200 dB, not
+    infinity). ``eps`` is added to both energies (training uses 1e-8 so that silence and
+    zero outputs give finite gradients; evaluation uses 0). Computed in at least float32.
+    """
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    r = reference.to(dtype)
+    e = estimate.to(dtype)
+    r = r - r.mean(-1, keepdim=True)
+    e = e - e.mean(-1, keepdim=True)
+    scale = (e * r).sum(-1, keepdim=True) / (r.square().sum(-1, keepdim=True) + eps)
+    target = scale * r
+    t_energy = target.square().sum(-1)
+    n_energy = torch.maximum((e - target).square().sum(-1), SI_SDR_NOISE_FLOOR * t_energy)
+    return 10 * torch.log10((t_energy + eps) / (n_energy + eps))
+
+
+def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale: 2595 log10(1 + f / 700)."""
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_fft: int,
+    n_mels: int,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Triangular HTK-mel filters with peak 1 (unnormalized), [n_fft // 2 + 1, n_mels].
+
+    Filter edges are equally spaced on the mel scale from f_min to f_max (default sr / 2); bin
+    k sits at k sr / n_fft. With short windows some filters fall between bins and are all zero.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    f64 = torch.float64
+    freqs = torch.arange(n_fft // 2 + 1, dtype=f64) * (sample_rate / n_fft)
+    lo, hi = hz_to_mel(torch.tensor(f_min, dtype=f64)), hz_to_mel(torch.tensor(f_max, dtype=f64))
+    pts = mel_to_hz(torch.linspace(lo.item(), hi.item(), n_mels + 2, dtype=f64))
+    lower, center, upper = pts[:-2], pts[1:-1], pts[2:]
+    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
+    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
+    return torch.clamp(torch.minimum(up, down), min=0.0).to(dtype)

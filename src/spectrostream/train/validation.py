@@ -1,0 +1,157 @@
+"""Validation that exposes the known failure modes, and the audio examples it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import SAMPLE_RATE
+from .config import TrainConfig
+from .losses import MultiScaleMelLoss, si_sdr
+from .nets import Nets
+from .rvq import QuantizerTrainer
+from .step import autocast
+
+VALID_KBPS = (4, 8, 16)
+
+
+@torch.no_grad()
+def validate(
+    cfg: TrainConfig,
+    nets: Nets,
+    loader: DataLoader,
+    mel: MultiScaleMelLoss,
+    device: torch.device,
+    step: int,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Scores that expose the known failure modes, and audio examples for the first items.
+
+    - mel distance and SI-SDR unquantized ("bypass") and at 4/8/16 kbps once the codebooks are
+      fitted (identical scores at every rate mean the codes are ignored);
+    - top-4 PCA share of the latent frames (near 1: a collapsed latent);
+    - relative output change when 5% Gaussian noise is added to the latent (near 0: the
+      decoder ignores the latent);
+    - distinct codes per level on the validation crops, and dead codes (EMA usage below the
+      restart threshold) per level.
+    """
+    model = nets.model
+    model.eval()
+    quantized = bool(nets.rvq.initialized)
+    top = model.config.max_kbps  # a small model's top rate stands in for higher ones
+    levels = {k: model.config.levels_for_kbps(min(k, top)) for k in VALID_KBPS} if quantized else {}
+    sums: dict[str, float] = {}
+    count = 0
+    examples: dict[str, Any] = {}
+    latents, used = [], []
+    gen = torch.Generator(device=device).manual_seed(1234)
+    try:
+        for x in loader:
+            x = x.to(device, non_blocking=True)
+            with autocast(cfg, device):
+                emb = model.encode_embeddings(x).float()
+            latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]).cpu())
+            outs = {"bypass": emb}
+            for kbps, n in levels.items():
+                outs[f"{kbps}kbps"] = model.quantizer.quantize(emb, n)[1]
+            if quantized:
+                codes = model.quantizer.encode(emb)  # [B, Q, N]
+                used.append(codes.transpose(0, 1).reshape(codes.shape[1], -1))
+            noise = torch.randn(emb.shape, generator=gen, device=device) * emb.std()
+            outs["noisy"] = emb + 0.05 * noise
+            decoded = {}
+            for name, e in outs.items():
+                with autocast(cfg, device):
+                    decoded[name] = model.decode_embeddings(e).float()
+            y0 = decoded.pop("bypass")
+            yn = decoded.pop("noisy")
+            change = (yn - y0).square().sum((1, 2)) / y0.square().sum((1, 2)).clamp_min(1e-12)
+            sums["val/noise_change"] = (
+                sums.get("val/noise_change", 0.0) + change.sqrt().sum().item()
+            )
+            decoded = {"bypass": y0, **decoded}
+            for name, y in decoded.items():
+                ref = x[..., : y.shape[-1]]
+                for i in range(x.shape[0]):
+                    m = mel(ref[i : i + 1], y[i : i + 1]).item()
+                    s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
+                    sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
+                    sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
+                    j = count + i
+                    if j < cfg.run.val_audio_examples:
+                        examples.setdefault(f"{j}/reference", ref[i].float().cpu())
+                        examples[f"{j}/{name}"] = y[i].float().cpu()
+            count += x.shape[0]
+    finally:
+        model.train()
+    out = {k: v / max(1, count) for k, v in sums.items()}
+    if latents:
+        out["val/pca_top4_share"] = pca_share(torch.cat(latents), 4)
+    if used:
+        out.update(code_stats(torch.cat(used, 1), nets.rvq, cfg))
+    return out, examples
+
+
+def pca_share(frames: torch.Tensor, k: int) -> float:
+    """Share of the variance of frames [M, D] held by the top k principal components."""
+    x = frames.double() - frames.double().mean(0, keepdim=True)
+    ev = torch.linalg.eigvalsh(x.T @ x)
+    return float(ev[-k:].sum() / ev.sum().clamp_min(1e-30))
+
+
+def code_stats(codes: torch.Tensor, rvq: QuantizerTrainer, cfg: TrainConfig) -> dict[str, float]:
+    """codes [Q, M] on validation -> distinct codes per level; EMA-dead codes per level."""
+    out: dict[str, float] = {}
+    distinct = [int(torch.unique(c).numel()) for c in codes]
+    uniform = rvq.cluster_size.mean(1, keepdim=True)  # EMA vectors per step / codebook size
+    dead = (rvq.cluster_size < cfg.quantizer.dead_code_fraction * uniform).sum(1)
+    for i, (d, z) in enumerate(zip(distinct, dead.cpu().tolist(), strict=True)):
+        out[f"val_codes_distinct/level_{i:02d}"] = d
+        out[f"val_codes_dead/level_{i:02d}"] = z
+    out["val/codes_distinct_mean"] = float(np.mean(distinct))
+    out["val/codes_dead_mean"] = float(dead.float().mean())
+    return out
+
+
+def format_validation(step: int, v: dict[str, float]) -> str:
+    """One line for the log: SI-SDR / mel per rate, PCA share, noise change, codes."""
+    parts = [f"validation step {step}:"]
+    for name in ("bypass", *(f"{k}kbps" for k in VALID_KBPS)):
+        if f"val/si_sdr_{name}" in v:
+            parts.append(
+                f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f};"
+            )
+    parts.append(f"PCA top-4 {v.get('val/pca_top4_share', float('nan')):.3f};")
+    parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change;")
+    if "val/codes_distinct_mean" in v:
+        parts.append(
+            f"codes distinct {v['val/codes_distinct_mean']:.0f} dead "
+            f"{v['val/codes_dead_mean']:.0f} (mean per level)"
+        )
+    return " ".join(parts)
+
+
+def spectrogram_image(audio: torch.Tensor, n_fft: int = 2048) -> np.ndarray:
+    """audio [C, T] -> [1, F, frames] in [0, 1]: channel-mean log magnitude, -100..0 dB."""
+    x = audio.float().mean(0)
+    spec = torch.stft(x, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
+    db = 20 * torch.log10(spec.abs() / (n_fft / 4) + 1e-6)
+    img = ((db + 100) / 100).clamp(0, 1).flip(0)
+    return img[None].numpy()
+
+
+def write_examples(run_dir: Path, step: int, examples: dict[str, Any], writer: Any) -> None:
+    out_dir = run_dir / "samples" / f"step_{step:08d}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, audio in examples.items():
+        a = audio.clamp(-1, 1)
+        sf.write(
+            out_dir / f"{name.replace('/', '_')}.wav", a.T.numpy(), SAMPLE_RATE, subtype="PCM_16"
+        )
+        if writer is not None:
+            writer.add_audio(f"val_audio/{name}", a.mean(0), step, sample_rate=SAMPLE_RATE)
+            writer.add_image(f"val_spec/{name}", spectrogram_image(a), step, dataformats="CHW")

@@ -1,0 +1,49 @@
+"""scripts/gpu_round.sh --smoke: the GPU round end to end at tiny size on the CPU."""
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from spectrostream.codec import load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
+def test_gpu_round_smoke(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", PYTHON="python")
+    env["PYTHONPATH"] = str(ROOT / "src")
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_round.sh"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
+    parts = sorted(out.glob("model.safetensors.part-*"))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"".join(p.read_bytes() for p in parts))
+    digest = (out / "model.sha256").read_text().split()[0]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+    summary = json.loads((out / "round.json").read_text())
+    assert summary["steps"] == 8
+    for key in ("val/si_sdr_bypass", "val/si_sdr_16kbps", "val/pca_top4_share"):
+        assert key in summary["validation"], key
+    assert set(summary["loss_shares"]) == {
+        "share/mel/loss",
+        "share/stft/compressed",
+        "share/wave/sdr",
+    }
+    log = (out / "train.log").read_text()
+    assert "k-means:" in log and "validation step 8" in log
+    codec = load(model)
+    assert codec.model.config.num_quantizers == 8
