@@ -378,7 +378,7 @@ def test_api_edge_cases_are_clear(codec):
 
 
 # ---- batches keep going --------------------------------------------------------------------
-def test_a_bad_file_does_not_stop_the_batch(model, tmp_path):
+def test_a_bad_file_does_not_stop_the_batch(model, tmp_path, here):
     src = tmp_path / "in"
     for i, name in enumerate(("a.wav", "c.flac", "d/e.wav")):
         write(src / name, 0.4, seed=i)
@@ -395,6 +395,10 @@ def test_a_bad_file_does_not_stop_the_batch(model, tmp_path):
     doc = json.loads(report.read_text())
     assert doc["ok"] == 3 and doc["failed"] == 1
     assert [f["input"] for f in doc["files"] if f["status"] == "failed"] == [str(src / "b.wav")]
+    h = digest(src / "a.wav")
+    argv = ["encode", src, tmp_path / "out2", "--model", model, "--report", src / "a.wav"]
+    assert_one_line_error(here(*argv), "refusing to overwrite the input")
+    assert digest(src / "a.wav") == h and not (tmp_path / "out2").exists()
 
 
 # ---- smaller -------------------------------------------------------------------------------

@@ -349,6 +349,8 @@ def run_batch(
     """Run ``work(input, output)`` on every pair. A single pair fails as usual; in a batch a
     failing file is recorded and the rest still run. Raises BatchError at the end if any
     failed (after writing the report)."""
+    if report_path is not None:  # the report is an output too: never an input, never shared
+        check_plan([*pairs, ("--report", str(report_path))])
     report = BatchReport(command)
     for src, dst in pairs:
         try:
