@@ -292,13 +292,9 @@ class Codec:
     def decode(self, codes: torch.Tensor | np.ndarray, length: int | None = None) -> torch.Tensor:
         """codes [B, L, N] (or [L, N]) -> audio [B, C, (N - 1) * 1920] at 48 kHz (cut to
         ``length``); fewer than two frames give no samples."""
-        c = codes.detach().cpu() if isinstance(codes, torch.Tensor) else torch.as_tensor(codes)
-        if c.ndim == 2:
-            c = c[None]
-        if c.ndim != 3 or c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool:
-            raise UsageError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
+        c = self._codes_tensor(codes)
         empty = torch.zeros(c.shape[0], self.channels, 0)
-        out = torch.cat([empty, *self.decode_chunks([c.long()])], -1)
+        out = torch.cat([empty, *self.decode_chunks([c])], -1)
         return out[..., :length] if length is not None else out
 
     # ---- tokens for language models ----------------------------------------------------
@@ -312,7 +308,7 @@ class Codec:
         c = torch.as_tensor(codes)
         if c.ndim == 2:
             c = c[None]
-        if c.ndim != 3 or c.is_floating_point() or c.is_complex():
+        if c.ndim != 3 or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
             raise ModelError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
         if c.shape[1] > self.num_levels:
             raise ModelError(f"codes have {c.shape[1]} levels, the model {self.num_levels}")
