@@ -181,6 +181,24 @@ def test_temp_files_are_unique_and_never_left_behind(tmp_path):
     assert target.read_bytes() == b"first" and no_temp_files(tmp_path)
 
 
+def test_setup_errors_name_the_users_path(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(OSError, match="not a directory") as e,
+        atomic.atomic_path(tmp_path / "file" / "out.ssc"),
+    ):
+        pass
+    assert e.value.filename == str(tmp_path / "file")
+
+    def refused(prefix, suffix, dir):  # as /proc refuses new files: the error names the temp
+        raise OSError(errno.ENOENT, "No such file or directory", f"{dir}/{prefix}x{suffix}")
+
+    monkeypatch.setattr("spectrostream.atomic.tempfile.mkstemp", refused)
+    with pytest.raises(OSError) as e, atomic.atomic_path(tmp_path / "out.ssc"):
+        pass
+    assert e.value.filename == str(tmp_path / "out.ssc")
+
+
 def test_two_processes_writing_one_output_leave_one_whole_file(model, tmp_path):
     """Both racers used to share OUT.part: a CRC-broken file was reported as success."""
     a, b = write(tmp_path / "a.wav", 1.5, seed=1), write(tmp_path / "b.wav", 1.5, seed=2)
