@@ -316,6 +316,15 @@ def test_rates_above_the_model_or_file_are_errors_everywhere(model, tmp_path):
     assert not list(tmp_path.glob("a.*")) and not list(tmp_path.glob("t.*"))
 
 
+@pytest.mark.parametrize("config", [tiny_config(), tiny_config(audio_channels=1, num_quantizers=3)])
+def test_expected_shapes_match_the_network(config):
+    """load() checks files against expected_shapes before building: it must not drift."""
+    from spectrostream.codec import expected_shapes
+
+    built = {k: tuple(v.shape) for k, v in SpectroStream(config).state_dict().items()}
+    assert expected_shapes(config) == built
+
+
 def test_model_file_config_is_checked_before_allocating(model, tmp_path):
     from safetensors.torch import save_file
 
