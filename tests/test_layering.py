@@ -202,3 +202,14 @@ def test_package_names_still_load_on_demand():
     assert {"Codec", "load", "StreamingEncoder"} <= set(dir(spectrostream))
     with pytest.raises(AttributeError):
         spectrostream.no_such_name  # noqa: B018
+
+
+def test_readme_layout_names_every_module():
+    readme = (SRC.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout") : readme.index("## Development")]
+    root = SRC / PACKAGE
+    files = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*.py"))]
+    missing = [
+        f for f in files if f not in layout and not f.endswith(("/__init__.py", "__main__.py"))
+    ]
+    assert not missing, f"README's Layout section does not name: {missing}"

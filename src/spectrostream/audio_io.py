@@ -156,17 +156,24 @@ def to_channels(
 
     The same count is returned as is; mono is duplicated (dual mono). More channels than
     wanted: with ``downmix`` a mono target gets the channel mean and any other target the
-    first ``channels``; without it, AudioError. Any other mismatch is an AudioError.
+    first ``channels``; without it, AudioError. Any other mismatch is an AudioError
+    (:func:`check_channels` tells before any audio is decoded).
     """
     have = audio.shape[-2]
+    check_channels(have, channels, downmix=downmix, name=name)
     if have == channels:
         return audio
     if have == 1:
         return audio[..., [0] * channels, :]
-    if downmix and channels == 1:
+    if channels == 1:
         return audio.mean(axis=-2, keepdims=True)
-    if downmix and have > channels:
-        return audio[..., :channels, :]
+    return audio[..., :channels, :]
+
+
+def check_channels(have: int, channels: int, *, downmix: bool = False, name: str = "audio") -> None:
+    """Raises AudioError unless :func:`to_channels` can turn ``have`` channels into ``channels``."""
+    if have == channels or have == 1 or (downmix and have > channels):
+        return
     raise AudioError(
         f"{name}: {have} channels; expected {channels} (mono is duplicated); downmix first"
     )

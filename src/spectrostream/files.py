@@ -163,12 +163,11 @@ def check_ssc_target(dst: str, force: bool) -> None:
 def open_for_model(src: str | Path, channels: int) -> audio_io.AudioReader:
     """Open an audio file (or "-") for a model coding ``channels`` channels (mono or that many)."""
     reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
-    if reader.channels not in (1, channels):
+    try:
+        audio_io.check_channels(reader.channels, channels, name=reader.name)
+    except AudioError:
         reader.close()
-        raise AudioError(
-            f"{reader.name}: {reader.channels} channels; this model codes "
-            f"{channels} (mono is coded as dual-mono); downmix first"
-        )
+        raise
     return reader
 
 

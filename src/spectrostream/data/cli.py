@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, build_corpus
+from spectrostream.data.debian import (
+    DEFAULT_PACKAGES,
+    MIN_DURATION_S,
+    build_corpus,
+    load_package_reports,
+)
 from spectrostream.data.pack import PackOptions, write_pack
 from spectrostream.errors import exit_status
 
@@ -86,8 +91,6 @@ def run_debian(args: argparse.Namespace) -> int:
         keep_extracted=args.keep_extracted,
         progress=not args.no_progress,
     )
-    from spectrostream.data.debian import load_package_reports
-
     reports = load_package_reports(out_dir)
     hours = sum(r.seconds for r in reports) / 3600
     tracks = sum(len(r.tracks) for r in reports)
