@@ -181,6 +181,24 @@ def test_temp_files_are_unique_and_never_left_behind(tmp_path):
     assert target.read_bytes() == b"first" and no_temp_files(tmp_path)
 
 
+def test_setup_errors_name_the_users_path(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(OSError, match="not a directory") as e,
+        atomic.atomic_path(tmp_path / "file" / "out.ssc"),
+    ):
+        pass
+    assert e.value.filename == str(tmp_path / "file")
+
+    def refused(prefix, suffix, dir):  # as /proc refuses new files: the error names the temp
+        raise OSError(errno.ENOENT, "No such file or directory", f"{dir}/{prefix}x{suffix}")
+
+    monkeypatch.setattr("spectrostream.atomic.tempfile.mkstemp", refused)
+    with pytest.raises(OSError) as e, atomic.atomic_path(tmp_path / "out.ssc"):
+        pass
+    assert e.value.filename == str(tmp_path / "out.ssc")
+
+
 def test_two_processes_writing_one_output_leave_one_whole_file(model, tmp_path):
     """Both racers used to share OUT.part: a CRC-broken file was reported as success."""
     a, b = write(tmp_path / "a.wav", 1.5, seed=1), write(tmp_path / "b.wav", 1.5, seed=2)
@@ -298,6 +316,15 @@ def test_rates_above_the_model_or_file_are_errors_everywhere(model, tmp_path):
     assert not list(tmp_path.glob("a.*")) and not list(tmp_path.glob("t.*"))
 
 
+@pytest.mark.parametrize("config", [tiny_config(), tiny_config(audio_channels=1, num_quantizers=3)])
+def test_expected_shapes_match_the_network(config):
+    """load() checks files against expected_shapes before building: it must not drift."""
+    from spectrostream.codec import expected_shapes
+
+    built = {k: tuple(v.shape) for k, v in SpectroStream(config).state_dict().items()}
+    assert expected_shapes(config) == built
+
+
 def test_model_file_config_is_checked_before_allocating(model, tmp_path):
     from safetensors.torch import save_file
 
@@ -378,7 +405,7 @@ def test_api_edge_cases_are_clear(codec):
 
 
 # ---- batches keep going --------------------------------------------------------------------
-def test_a_bad_file_does_not_stop_the_batch(model, tmp_path):
+def test_a_bad_file_does_not_stop_the_batch(model, tmp_path, here):
     src = tmp_path / "in"
     for i, name in enumerate(("a.wav", "c.flac", "d/e.wav")):
         write(src / name, 0.4, seed=i)
@@ -395,6 +422,10 @@ def test_a_bad_file_does_not_stop_the_batch(model, tmp_path):
     doc = json.loads(report.read_text())
     assert doc["ok"] == 3 and doc["failed"] == 1
     assert [f["input"] for f in doc["files"] if f["status"] == "failed"] == [str(src / "b.wav")]
+    h = digest(src / "a.wav")
+    argv = ["encode", src, tmp_path / "out2", "--model", model, "--report", src / "a.wav"]
+    assert_one_line_error(here(*argv), "refusing to overwrite the input")
+    assert digest(src / "a.wav") == h and not (tmp_path / "out2").exists()
 
 
 # ---- smaller -------------------------------------------------------------------------------

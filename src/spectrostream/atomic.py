@@ -57,8 +57,10 @@ def atomic_path(target: str | Path) -> Iterator[str]:
         os.makedirs(parent, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=Path(target).suffix, dir=parent)
         os.close(fd)
-    except OSError as e:
-        raise _translate(e, "", target) from None
+    except OSError as e:  # name the user's folder or target, never the temporary name
+        where = parent if e.filename == parent else target
+        reason = "exists and is not a directory" if isinstance(e, FileExistsError) else e.strerror
+        raise OSError(e.errno, reason or str(e), where) from None
     try:
         yield tmp
         _fsync(tmp)

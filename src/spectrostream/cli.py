@@ -141,13 +141,13 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from . import files
+    from . import audio_io, files
 
     pairs = files.plan(args.input, args.output, files.DECODE)
     codec = _load_codec(args)
 
     def one(src: str, dst: str) -> dict[str, object]:
-        name = "<stdin>" if src == STDIO else src
+        name = audio_io.STDIN_NAME if src == STDIO else src
         with (
             files.binary_input(src) as f,
             _progress(None, Path(src).name, "frame") as bar,

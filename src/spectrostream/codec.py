@@ -20,7 +20,9 @@ import torch
 
 from . import audio_io, bitstream
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
+from .decoder import Decoder
 from .device import exact_fp32, resolve_device, resolve_dtype
+from .encoder import Encoder
 from .errors import AudioError, BitstreamError, ModelError, UsageError
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, parts_present
@@ -292,13 +294,9 @@ class Codec:
     def decode(self, codes: torch.Tensor | np.ndarray, length: int | None = None) -> torch.Tensor:
         """codes [B, L, N] (or [L, N]) -> audio [B, C, (N - 1) * 1920] at 48 kHz (cut to
         ``length``); fewer than two frames give no samples."""
-        c = codes.detach().cpu() if isinstance(codes, torch.Tensor) else torch.as_tensor(codes)
-        if c.ndim == 2:
-            c = c[None]
-        if c.ndim != 3 or c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool:
-            raise UsageError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
+        c = self._codes_tensor(codes)
         empty = torch.zeros(c.shape[0], self.channels, 0)
-        out = torch.cat([empty, *self.decode_chunks([c.long()])], -1)
+        out = torch.cat([empty, *self.decode_chunks([c])], -1)
         return out[..., :length] if length is not None else out
 
     # ---- tokens for language models ----------------------------------------------------
@@ -312,7 +310,7 @@ class Codec:
         c = torch.as_tensor(codes)
         if c.ndim == 2:
             c = c[None]
-        if c.ndim != 3 or c.is_floating_point() or c.is_complex():
+        if c.ndim != 3 or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
             raise ModelError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
         if c.shape[1] > self.num_levels:
             raise ModelError(f"codes have {c.shape[1]} levels, the model {self.num_levels}")
@@ -481,10 +479,22 @@ def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the network ``config`` describes, by name, without allocating it."""
+    """Every tensor of the network ``config`` describes, by name, without allocating it.
+
+    The encoder and decoder are built on the meta device; the quantizer's one tensor is
+    stated (building it, or the STFT, on meta would import torch's slow reference ops for
+    ``arange``: seconds per process). A test checks that this equals
+    ``SpectroStream(config).state_dict()``.
+    """
     with torch.device("meta"):
-        model = SpectroStream(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        convs = {"encoder": Encoder(config), "decoder": Decoder(config)}
+    shapes = {
+        f"{name}.{k}": tuple(v.shape)
+        for name, part in convs.items()
+        for k, v in part.state_dict().items()
+    }
+    q = (config.num_quantizers, config.codebook_size, config.embedding_dim)
+    return {**shapes, "quantizer.codebooks": q}
 
 
 def _check_tensors(path: Path, f, meta: dict[str, str], config: ModelConfig) -> tuple[str, ...]:

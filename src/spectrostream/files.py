@@ -15,6 +15,7 @@ Numpy meets torch here, at the file boundary: readers and resamplers give numpy 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -41,7 +42,6 @@ from .errors import (
 )
 
 STDIO = "-"
-STDIN_NAME = "<stdin>"
 ProgressFn = Callable[[int], None]
 
 
@@ -63,7 +63,7 @@ def binary_input(source: str | Path) -> Iterator[BinaryIO]:
         yield sys.stdin.buffer
         return
     if os.path.isdir(source):
-        raise OSError(21, "is a directory, not an .ssc file", str(source))
+        raise OSError(errno.EISDIR, "is a directory, not an .ssc file", str(source))
     with open(source, "rb") as f:
         yield f
 
@@ -100,27 +100,23 @@ def plan(src: str, dst: str, naming: Naming) -> list[tuple[str, str]]:
     if src == STDIO or not os.path.isdir(src):
         if dst != STDIO and src != STDIO and os.path.isdir(dst):
             dst = os.path.join(dst, naming.output(os.path.basename(src)))
-        pairs = [(src, dst)]
-    else:
-        if dst == STDIO:
-            raise OutputError(f"{src} is a directory: give an output directory, not -")
-        root, out = Path(src), Path(dst)
-        inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
-        files = sorted(
-            f
-            for f in root.rglob("*")
-            if f.is_file() and naming.wanted(f) and not (inside and _below(f, out))
-        )
-        if not files:
-            raise AudioError(f"{src}: no matching files below this directory")
-        every = [
-            (str(f), str(out / f.relative_to(root).parent / naming.output(f.name))) for f in files
-        ]
-        check_plan(every)
-        rank, world = rank_world()
-        pairs = every[rank::world]
-    check_plan(pairs)
-    return pairs
+        check_plan([(src, dst)])
+        return [(src, dst)]
+    if dst == STDIO:
+        raise OutputError(f"{src} is a directory: give an output directory, not -")
+    root, out = Path(src), Path(dst)
+    inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and naming.wanted(f) and not (inside and _below(f, out))
+    )
+    if not files:
+        raise AudioError(f"{src}: no matching files below this directory")
+    every = [(str(f), str(out / f.relative_to(root).parent / naming.output(f.name))) for f in files]
+    check_plan(every)  # every rank checks the whole plan, so all ranks refuse alike
+    rank, world = rank_world()
+    return every[rank::world]
 
 
 def _below(path: Path, folder: Path) -> bool:
@@ -352,6 +348,8 @@ def run_batch(
     """Run ``work(input, output)`` on every pair. A single pair fails as usual; in a batch a
     failing file is recorded and the rest still run. Raises BatchError at the end if any
     failed (after writing the report)."""
+    if report_path is not None:  # the report is an output too: never an input, never shared
+        check_plan([*pairs, ("--report", str(report_path))])
     report = BatchReport(command)
     for src, dst in pairs:
         try:
