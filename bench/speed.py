@@ -34,7 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import spectrostream  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import torch
+
+# isort: on
 from torch.utils.flop_counter import FlopCounterMode
 
 from spectrostream import load

@@ -61,10 +61,14 @@ class FrameBuffer:
         return self.buf.narrow(self.dim, 0, self.fill)
 
     def append(self, x: torch.Tensor, elu: bool = False) -> torch.Tensor:
-        """Add the frames of ``x`` (through ELU if asked); returns the valid frames (a view)."""
+        """Add the frames of ``x`` (through ELU if asked); returns the valid frames (a view).
+
+        ELU is computed on ``x`` itself, then copied: faster than writing it into the strided
+        slot (measured), and the same bits as the functional path.
+        """
         n = x.shape[self.dim]
+        new = torch.nn.functional.elu(x) if elu else x
         if not (self.inplace and _may_update_in_place(x)):
-            new = torch.nn.functional.elu(x) if elu else x
             self.buf = torch.cat([self.valid(), new], self.dim) if self.fill else new
             self.fill += n
             self.inplace = False
@@ -76,11 +80,7 @@ class FrameBuffer:
             grown[self.dim] = total
             old, self.buf = self.valid(), x.new_empty(grown)
             self.buf.narrow(self.dim, 0, self.fill).copy_(old)
-        slot = self.buf.narrow(self.dim, self.fill, n)
-        if elu:
-            torch.ops.aten.elu.out(x, out=slot)
-        else:
-            slot.copy_(x)
+        self.buf.narrow(self.dim, self.fill, n).copy_(new)
         self.fill = total
         return self.buf.narrow(self.dim, 0, total)
 
