@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ssc(tmp_path_factory) -> Path:
-    """A real .ssc file (tiny seeded model, 0.5 s)."""
+    """A real .ssc file (tiny seeded model, 0.5 s); the model beside it as tiny.safetensors."""
     torch.manual_seed(0)
     codec = Codec(SpectroStream(tiny_config(num_quantizers=4, codebook_size=1024)))
     rng = np.random.default_rng(0)
@@ -36,6 +36,7 @@ def ssc(tmp_path_factory) -> Path:
     path.write_bytes(
         codec.compress(0.1 * rng.standard_normal((2, 24000)).astype(np.float32), 48000)
     )
+    codec.save(path.with_name("tiny.safetensors"))
     return path
 
 
@@ -115,3 +116,15 @@ def test_header_bytes_of_format_md_match_the_reader(ssc):
     payload = sum(-(-codes.shape[0] * n * 10 // 8) for n in [25] * (packets - 1))
     payload += -(-codes.shape[0] * (codes.shape[1] - 25 * (packets - 1)) * 10 // 8)
     assert len(data) == (30 + m) + packets * 5 + payload + 17
+
+
+def test_damage_with_nothing_intact_does_not_suggest_salvage(ssc, tmp_path, capsys):
+    """A file cut inside its first packet: --salvage would recover nothing, so it is not offered."""
+    cut = tmp_path / "cut.ssc"
+    cut.write_bytes(ssc.read_bytes()[:60])
+    model = str(ssc.with_name("tiny.safetensors"))
+    assert main(["decode", str(cut), str(tmp_path / "out.wav"), "--model", model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"spectrostream: error: {cut}: truncated .ssc stream")
+    assert err.endswith("; nothing before the damage is intact")
+    assert sorted(files_in(tmp_path)) == ["cut.ssc"]

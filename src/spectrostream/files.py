@@ -278,10 +278,12 @@ def decode_file(
         except BitstreamError as e:
             intact = max(0, reader.num_frames - 1) / header.frame_rate
             if not salvage:
-                raise BitstreamError(
-                    f"{name}: {e}; the first {intact:.2f} s before the damage are intact "
-                    "(--salvage decodes them)"
-                ) from None
+                kept = (
+                    f"the first {intact:.2f} s before the damage are intact (--salvage decodes them)"
+                    if intact
+                    else "nothing before the damage is intact"
+                )
+                raise BitstreamError(f"{name}: {e}; {kept}") from None
             damage.append(str(e))
 
     def tail_frames(written: int, available: int) -> int:
