@@ -128,3 +128,11 @@ def test_damage_with_nothing_intact_does_not_suggest_salvage(ssc, tmp_path, caps
     assert err.startswith(f"spectrostream: error: {cut}: truncated .ssc stream")
     assert err.endswith("; nothing before the damage is intact")
     assert sorted(files_in(tmp_path)) == ["cut.ssc"]
+
+
+def test_output_folder_with_trailing_slash_is_created(ssc, tmp_path):
+    """``decode a.ssc new/`` writes new/a.wav (as for an existing folder), not 'Not a directory'."""
+    model = str(ssc.with_name("tiny.safetensors"))
+    assert main(["decode", str(ssc), f"{tmp_path}/new/", "--model", model]) == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.wav"]
+    assert sf.info(tmp_path / "new" / "a.wav").frames == 24000

@@ -109,7 +109,8 @@ def plan(src: str, dst: str, naming: Naming) -> list[tuple[str, str]]:
     """(input, output) pairs: one file, or a directory mirrored into ``dst`` (this rank's
     share under torchrun), checked by :func:`check_plan` before anything is written."""
     if src == STDIO or not os.path.isdir(src):
-        if dst != STDIO and src != STDIO and os.path.isdir(dst):
+        into_folder = os.path.isdir(dst) or dst.endswith(("/", os.sep))  # "out/": a folder
+        if dst != STDIO and src != STDIO and into_folder:
             dst = os.path.join(dst, naming.output(os.path.basename(src)))
         check_plan([(src, dst)])
         return [(src, dst)]
