@@ -136,3 +136,17 @@ def test_output_folder_with_trailing_slash_is_created(ssc, tmp_path):
     assert main(["decode", str(ssc), f"{tmp_path}/new/", "--model", model]) == 0
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.wav"]
     assert sf.info(tmp_path / "new" / "a.wav").frames == 24000
+
+
+def test_tokenize_names_an_unreadable_file_once(ssc, tmp_path, capsys):
+    src = tmp_path / "music"
+    src.mkdir()
+    sf.write(src / "good.wav", np.zeros((4800, 2), np.float32), 48000)
+    (src / "bad.wav").write_bytes(b"junk")
+    model = str(ssc.with_name("tiny.safetensors"))
+    argv = ["tokenize", str(src), "-o", str(tmp_path / "out"), "--workers", "0", "--model", model]
+    assert main(argv) == 0
+    bad_lines = [line for line in capsys.readouterr().err.splitlines() if "bad.wav" in line]
+    assert len(bad_lines) == 1
+    assert bad_lines[0].startswith("spectrostream: could not read bad.wav: not a recognised")
+    assert bad_lines[0].count("bad.wav") == 1

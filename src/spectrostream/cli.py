@@ -226,8 +226,9 @@ def run_tokenize(args: argparse.Namespace) -> int:
         f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
         file=sys.stderr,
     )
-    for name, error in report.failed:
-        print(f"could not read {name}: {error}", file=sys.stderr)
+    for name, error in report.failed:  # the reader's message names the file already: once
+        reason = error.split(f"{name}: ", 1)[-1]
+        print(f"spectrostream: could not read {name}: {reason}", file=sys.stderr)
     return 0
 
 
