@@ -150,3 +150,17 @@ def test_tokenize_names_an_unreadable_file_once(ssc, tmp_path, capsys):
     assert len(bad_lines) == 1
     assert bad_lines[0].startswith("spectrostream: could not read bad.wav: not a recognised")
     assert bad_lines[0].count("bad.wav") == 1
+
+
+def test_convert_official_never_overwrites_an_input(tmp_path, capsys):
+    """``convert-official --encoder e.safetensors ... -o e.safetensors`` replaced its input."""
+    from safetensors.numpy import save_file
+
+    enc = tmp_path / "encoder.safetensors"
+    save_file({"params/encoder/x": np.zeros(3, np.float32)}, str(enc))
+    before = enc.read_bytes()
+    assert main(["convert-official", "--encoder", str(enc), "-o", str(enc)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"spectrostream: error: {enc}: refusing to overwrite the input {enc}"
+    assert enc.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.safetensors"]

@@ -274,9 +274,13 @@ def run_transcode(args: argparse.Namespace) -> int:
 
 def run_convert_official(args: argparse.Namespace) -> int:
     from .codec import Codec
+    from .files import check_plan
     from .official import import_official
     from .weights import official_model_id
 
+    for src in (args.encoder, args.decoder, args.quantizer, args.checkpoint):
+        if src is not None:  # the output is never one of the inputs
+            check_plan([(src, args.output)])
     model, parts = import_official(
         args.encoder, args.checkpoint, decoder=args.decoder, quantizer=args.quantizer
     )
