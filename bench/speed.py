@@ -57,7 +57,7 @@ def build_model(name: str) -> SpectroStream:
         return load().model.eval()
     torch.manual_seed(0)
     if name == "tiny":  # the same op count per step with almost no compute: the overhead floor
-        return SpectroStream(tiny_config(num_quantizers=64, codebook_size=1024)).eval()
+        return SpectroStream(tiny_config(num_levels=64, codebook_size=1024)).eval()
     cfg = official_config() if name == "official" else small_config()
     return SpectroStream(cfg).eval()
 
