@@ -101,7 +101,10 @@ class FrameBuffer:
 
 
 def _may_update_in_place(x: torch.Tensor) -> bool:
-    return not (torch.jit.is_tracing() or (x.requires_grad and torch.is_grad_enabled()))
+    # torch.compile: the functional path (inductor cannot trace the preallocated buffers).
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not (x.requires_grad and torch.is_grad_enabled())
 
 
 def clone_state(state: Any) -> Any:
