@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .streaming import tensor_version
+
 
 def nearest_code(
     x: torch.Tensor, codebook_t: torch.Tensor, norms: torch.Tensor, doubled: bool = False
@@ -50,7 +52,7 @@ class ResidualVQ(nn.Module):
         search always did, so distances are bit-identical.
         """
         cbs = self.codebooks
-        key = (cbs.data_ptr(), cbs._version, cbs.dtype, cbs.device, tuple(cbs.shape))
+        key = (cbs.data_ptr(), tensor_version(cbs), cbs.dtype, cbs.device, tuple(cbs.shape))
         if key != self._tables_key:
             with torch.no_grad():
                 cbf = cbs.float()
