@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -140,14 +141,21 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_name(src: str) -> str:
+    """How messages name an input: its path, or ``<stdin>`` for ``-``."""
+    from .audio_io import STDIN_NAME
+
+    return STDIN_NAME if src == STDIO else src
+
+
 def run_decode(args: argparse.Namespace) -> int:
-    from . import audio_io, files
+    from . import files
 
     pairs = files.plan(args.input, args.output, files.DECODE)
     codec = _load_codec(args)
 
     def one(src: str, dst: str) -> dict[str, object]:
-        name = audio_io.STDIN_NAME if src == STDIO else src
+        name = _input_name(src)
         with (
             files.binary_input(src) as f,
             _progress(None, Path(src).name, "frame") as bar,
@@ -225,12 +233,12 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
-    from .files import binary_input
+    from .files import binary_input, naming_input
     from .weights import model_attribution
 
-    with binary_input(args.input) as f:
+    with binary_input(args.input) as f, naming_input(_input_name(args.input)):
         data = f.read()
-    header, codes = bitstream.decode_stream(data)
+        header, codes = bitstream.decode_stream(data)
     print(bitstream.describe(header, codes.shape[1], len(data)))
     if (attribution := model_attribution(header.model_id)) is not None:
         print(f"weights:     {attribution}")
@@ -254,7 +262,11 @@ def run_transcode(args: argparse.Namespace) -> int:
         raise UsageError("transcode needs --kbps or --levels")
     files.check_ssc_target(args.output, args.force)
     files.check_plan([(args.input, args.output)])
-    with files.binary_input(args.input) as fin, files.binary_output(args.output) as fout:
+    with (
+        files.binary_input(args.input) as fin,
+        files.binary_output(args.output) as fout,
+        files.naming_input(_input_name(args.input)),
+    ):
         bitstream.transcode_stream(fin, fout, levels=args.levels, kbps=args.kbps)
     return 0
 
@@ -340,20 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     _device_args(p)
     p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
-    p.add_argument("--workers", type=int, default=4, help="audio decoding processes (default: 4)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="audio decoding processes (default: 4, at most the number of CPUs)",
+    )
     p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
     p.set_defaults(func=run_tokenize)
 
     p = sub.add_parser("info", help="describe an .ssc file")
-    p.add_argument("input")
+    p.add_argument("input", help=".ssc file, or - for stdin")
     p.set_defaults(func=run_info)
 
     p = sub.add_parser("models", help="list the named models, and which are on this machine")
     p.set_defaults(func=run_models)
 
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help=".ssc file, or - for stdin")
+    p.add_argument("output", help=".ssc file, or - for stdout")
     _levels_args(p)
     p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
     p.set_defaults(func=run_transcode)

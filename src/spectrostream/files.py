@@ -68,6 +68,17 @@ def binary_input(source: str | Path) -> Iterator[BinaryIO]:
         yield f
 
 
+@contextmanager
+def naming_input(name: str) -> Iterator[None]:
+    """``BitstreamError``s inside name the input once (``name: not an .ssc file ...``)."""
+    try:
+        yield
+    except BitstreamError as e:
+        if str(e).startswith(f"{name}: "):
+            raise
+        raise BitstreamError(f"{name}: {e}") from None
+
+
 # ---- plans: which input goes to which output ----------------------------------------------
 @dataclass(frozen=True)
 class Naming:
@@ -251,9 +262,10 @@ def decode_file(
     A damaged stream (cut short, or a CRC error) is an error naming how much before the damage
     was intact; with ``salvage`` every intact packet is decoded and ``damage`` says why it stops.
     """
-    reader = bitstream.StreamReader(src, expected_model_id=codec.model_id)
-    header = reader.header
-    codec.check_header(header)
+    with naming_input(name):
+        reader = bitstream.StreamReader(src, expected_model_id=codec.model_id)
+        header = reader.header
+        codec.check_header(header)
     sr = header.sample_rate if sample_rate is None else int(sample_rate)
     damage: list[str] = []
 
@@ -266,10 +278,12 @@ def decode_file(
         except BitstreamError as e:
             intact = max(0, reader.num_frames - 1) / header.frame_rate
             if not salvage:
-                raise BitstreamError(
-                    f"{name}: {e}; the first {intact:.2f} s before the damage are intact "
-                    "(--salvage decodes them)"
-                ) from None
+                kept = (
+                    f"the first {intact:.2f} s before the damage are intact (--salvage decodes them)"
+                    if intact
+                    else "nothing before the damage is intact"
+                )
+                raise BitstreamError(f"{name}: {e}; {kept}") from None
             damage.append(str(e))
 
     def tail_frames(written: int, available: int) -> int:
@@ -350,6 +364,8 @@ def run_batch(
     failed (after writing the report)."""
     if report_path is not None:  # the report is an output too: never an input, never shared
         check_plan([*pairs, ("--report", str(report_path))])
+        if os.path.isdir(report_path):
+            raise OutputError(f"{report_path}: is a directory; --report needs a file name")
     report = BatchReport(command)
     for src, dst in pairs:
         try:

@@ -1,0 +1,130 @@
+"""Regressions from a newcomer's pass over README and docs: careless inputs get one line that
+names the input, exit status 2, and nothing written.
+
+The first case runs the real command in a subprocess (exit status and stderr as a user sees
+them); the rest call ``main`` in-process, which goes through the same error handler.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from spectrostream import bitstream
+from spectrostream.cli import build_parser, main
+from spectrostream.codec import Codec
+from spectrostream.config import tiny_config
+from spectrostream.model import SpectroStream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ssc(tmp_path_factory) -> Path:
+    """A real .ssc file (tiny seeded model, 0.5 s); the model beside it as tiny.safetensors."""
+    torch.manual_seed(0)
+    codec = Codec(SpectroStream(tiny_config(num_quantizers=4, codebook_size=1024)))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("ssc") / "a.ssc"
+    path.write_bytes(
+        codec.compress(0.1 * rng.standard_normal((2, 24000)).astype(np.float32), 48000)
+    )
+    codec.save(path.with_name("tiny.safetensors"))
+    return path
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in folder.iterdir()}
+
+
+def test_info_of_a_non_ssc_file_names_it_in_one_line(tmp_path):
+    bad = tmp_path / "song.wav"
+    sf.write(bad, np.zeros((4800, 2), np.float32), 48000)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "spectrostream", "info", str(bad)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"spectrostream: error: {bad}: not an .ssc file: wrong magic b'RIFF'"
+    ]
+
+
+@pytest.mark.parametrize("command", ["info", "transcode"])
+def test_ssc_errors_name_the_input(command, tmp_path, capsys):
+    bad = tmp_path / "junk.ssc"
+    bad.write_bytes(b"junk" * 10)
+    argv = [command, str(bad)] + (
+        [str(tmp_path / "out.ssc"), "--levels", "2"] * (command == "transcode")
+    )
+    before = files_in(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"spectrostream: error: {bad}: not an .ssc file: wrong magic b'junk'"
+    assert files_in(tmp_path) == before  # the input unchanged, no output or temporary file
+
+
+def test_cut_ssc_named_once(ssc, tmp_path, capsys):
+    """transcode of a cut file: the message names it once (not 'a.ssc: a.ssc: ...')."""
+    cut = tmp_path / "cut.ssc"
+    cut.write_bytes(ssc.read_bytes()[:-10])
+    assert main(["transcode", str(cut), str(tmp_path / "out.ssc"), "--levels", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"spectrostream: error: {cut}: truncated .ssc stream")
+    assert err.count(str(cut)) == 1
+    assert sorted(files_in(tmp_path)) == ["cut.ssc"]
+
+
+def test_report_that_is_a_directory_is_refused_before_any_output(ssc, tmp_path, capsys):
+    (tmp_path / "reports").mkdir()
+    out = tmp_path / "a.wav"
+    argv = ["decode", str(ssc), str(out), "--report", str(tmp_path / "reports")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"spectrostream: error: {tmp_path / 'reports'}: is a directory; --report needs a file name"
+    )
+    assert not out.exists()
+    assert sorted(files_in(tmp_path)) == ["reports"]
+
+
+def test_tokenize_workers_default_fits_the_machine():
+    """torch warns (twice) when a DataLoader has more workers than CPUs: the default does not."""
+    args = build_parser().parse_args(["tokenize", "dir", "-o", "out"])
+    assert 1 <= args.workers <= min(4, os.cpu_count() or 1)
+
+
+def test_header_bytes_of_format_md_match_the_reader(ssc):
+    """docs/format.md: the header is 30 + m bytes and the end packet 17."""
+    data = ssc.read_bytes()
+    header, codes = bitstream.decode_stream(data)
+    m = len(header.model_id.encode())
+    packets = -(-codes.shape[1] // 25)
+    payload = sum(-(-codes.shape[0] * n * 10 // 8) for n in [25] * (packets - 1))
+    payload += -(-codes.shape[0] * (codes.shape[1] - 25 * (packets - 1)) * 10 // 8)
+    assert len(data) == (30 + m) + packets * 5 + payload + 17
+
+
+def test_damage_with_nothing_intact_does_not_suggest_salvage(ssc, tmp_path, capsys):
+    """A file cut inside its first packet: --salvage would recover nothing, so it is not offered."""
+    cut = tmp_path / "cut.ssc"
+    cut.write_bytes(ssc.read_bytes()[:60])
+    model = str(ssc.with_name("tiny.safetensors"))
+    assert main(["decode", str(cut), str(tmp_path / "out.wav"), "--model", model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"spectrostream: error: {cut}: truncated .ssc stream")
+    assert err.endswith("; nothing before the damage is intact")
+    assert sorted(files_in(tmp_path)) == ["cut.ssc"]
