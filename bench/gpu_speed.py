@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from spectrostream import codec as codec_mod
-from spectrostream.codec import Codec, load, read_for_model
+from spectrostream.codec import Codec, load
 from spectrostream.config import official_config, small_config, tiny_config
 from spectrostream.device import resolve_device
+from spectrostream.files import read_for_model
 from spectrostream.model import SpectroStream
 from spectrostream.tokenize import list_audio
 
@@ -112,7 +113,7 @@ def run_case(args, dtype: str, channels_last: bool, compiled: bool, reference: d
                 args.repeats,
                 warm,
             )
-            stacked = torch.from_numpy(np.stack(codes))
+            stacked = torch.stack(codes)
             dec_first, dec_s, _ = timed(
                 lambda s=stacked: codec.decode(s), device, args.repeats, warm
             )
@@ -176,7 +177,7 @@ def latents(codec: Codec, clips: list[np.ndarray]) -> list[torch.Tensor]:
     with torch.inference_mode():
         return [
             codec.model.encode_embeddings(
-                torch.nn.functional.pad(torch.from_numpy(x)[None].to(codec.device), (0, pad))
+                torch.nn.functional.pad(torch.as_tensor(x)[None].to(codec.device), (0, pad))
             ).float()
             for x in clips
         ]
@@ -189,7 +190,7 @@ def rvq_error(codec: Codec, codes: list[np.ndarray], target: list[torch.Tensor])
     for c, z in zip(codes, target, strict=True):
         residual = z[0].clone()  # [D, frames]
         for lv in range(codec.num_levels):
-            residual -= cb[lv][torch.from_numpy(c[lv]).to(cb.device)].T
+            residual -= cb[lv][torch.as_tensor(c[lv]).to(cb.device)].T
             err[lv] += float(residual.square().sum())
     total = sum(float(z.square().sum()) for z in target)
     return np.sqrt(err / total).tolist()
@@ -213,7 +214,7 @@ def agreement(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         got = codec.encode_clips(clips, codec.num_levels, batch_size=1)
         elapsed = time.perf_counter() - t
-        same = np.concatenate([g == w for g, w in zip(got, want, strict=True)], axis=1)
+        same = torch.cat([g == w for g, w in zip(got, want, strict=True)], 1).numpy()
         prefix = np.cumprod(same, axis=0)  # frame agrees on levels 1..l
         zd = latents(codec, clips)
         diff = sum(float((a - b).square().sum()) for a, b in zip(zd, z32, strict=True))

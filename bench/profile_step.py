@@ -88,7 +88,7 @@ def main() -> int:
     if args.config == "default":
         model = load().model.eval()
     elif args.config == "tiny":
-        model = SpectroStream(tiny_config(num_quantizers=64, codebook_size=1024))
+        model = SpectroStream(tiny_config(num_levels=64, codebook_size=1024))
     else:
         model = SpectroStream(official_config() if args.config == "official" else small_config())
     model.eval()

@@ -57,7 +57,7 @@ def build_model(name: str) -> SpectroStream:
         return load().model.eval()
     torch.manual_seed(0)
     if name == "tiny":  # the same op count per step with almost no compute: the overhead floor
-        return SpectroStream(tiny_config(num_quantizers=64, codebook_size=1024)).eval()
+        return SpectroStream(tiny_config(num_levels=64, codebook_size=1024)).eval()
     cfg = official_config() if name == "official" else small_config()
     return SpectroStream(cfg).eval()
 
@@ -122,6 +122,23 @@ class Now:
         t2 = time.perf_counter()
         self.enc, self.dec = StreamingEncoder(self.model), StreamingDecoder(self.model)
         return t1 - t0, t2 - t1
+
+
+class Int8(Now):
+    """Static int8 convolutions (spectrostream.int8), calibrated on 5 s of a real clip."""
+
+    name = "int8"
+
+    def __init__(self, model: SpectroStream) -> None:
+        import copy
+
+        from spectrostream import audio_io
+        from spectrostream.int8 import quantize_int8
+
+        clip = ROOT.parent / "shared" / "eval" / "hungarian_dance_5.flac"
+        cal = audio_io.read_audio(clip, sample_rate=48000)[0][: model.config.audio_channels]
+        cal = torch.from_numpy(cal[:, : 5 * 48000])[None].float()
+        super().__init__(quantize_int8(copy.deepcopy(model), cal))
 
 
 def import_baseline(rev: str) -> object:
@@ -240,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=4, help="streaming steps not timed")
     p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
     p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--int8", action="store_true", help="add the int8 variant")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -252,11 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = build_model(args.config)
     fe, fd = count_flops(model)
-    ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # exported before streams open
+    ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
+    int8 = [Int8(model)] if args.int8 else []
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
         variants.append(Baseline(model, args.baseline_rev))
-    variants += ort
+    variants += ort + int8
     steps = max(int(args.seconds / STEP_S), 10)
     g = torch.Generator().manual_seed(1)
     audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)

@@ -30,7 +30,7 @@ def make_codec(seed: int = 0, **kw) -> Codec:
 
 @pytest.fixture(scope="module")
 def codec():
-    return make_codec(num_quantizers=16, codebook_size=1024)
+    return make_codec(num_levels=16, codebook_size=1024)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_bad_rates(codec):
 
 
 def test_other_models_file_is_rejected(codec):
-    other = make_codec(seed=1, num_quantizers=16, codebook_size=1024)
+    other = make_codec(seed=1, num_levels=16, codebook_size=1024)
     data = other.compress(tone(), 44100, levels=2)
     with pytest.raises(bitstream.BitstreamError, match="model"):
         codec.decompress(data)

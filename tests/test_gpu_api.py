@@ -16,7 +16,7 @@ from spectrostream.official import ModelError
 
 def make_codec(seed: int = 0) -> Codec:
     torch.manual_seed(seed)
-    return Codec(SpectroStream(tiny_config(num_quantizers=12, codebook_size=1024)))
+    return Codec(SpectroStream(tiny_config(num_levels=12, codebook_size=1024)))
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "metrics",
         "device",
         "runtime",
+        "int8",
     ),
     # the world around the network: audio files, the .ssc format, weights, atomic files
     "io": ("audio_io", "bitstream", "official", "hub", "weights", "atomic"),

@@ -21,7 +21,7 @@ STEPS = 100
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.manual_seed(0)
-    codec = Codec(SpectroStream(tiny_config(num_quantizers=8, codebook_size=64)).eval())
+    codec = Codec(SpectroStream(tiny_config(num_levels=8, codebook_size=64)).eval())
     path = tmp_path_factory.mktemp("onnx") / "tiny.safetensors"
     codec.save(path)
     audio, _ = audio_io.read_audio(EVAL / "moonlight.flac", sample_rate=SAMPLE_RATE)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ssc(tmp_path_factory) -> Path:
     """A real .ssc file (tiny seeded model, 0.5 s); the model beside it as tiny.safetensors."""
     torch.manual_seed(0)
-    codec = Codec(SpectroStream(tiny_config(num_quantizers=4, codebook_size=1024)))
+    codec = Codec(SpectroStream(tiny_config(num_levels=4, codebook_size=1024)))
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("ssc") / "a.ssc"
     path.write_bytes(

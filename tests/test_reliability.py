@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def codec() -> Codec:
     torch.manual_seed(0)
-    return Codec(SpectroStream(tiny_config(num_quantizers=16, codebook_size=1024)))
+    return Codec(SpectroStream(tiny_config(num_levels=16, codebook_size=1024)))
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +316,7 @@ def test_rates_above_the_model_or_file_are_errors_everywhere(model, tmp_path):
     assert not list(tmp_path.glob("a.*")) and not list(tmp_path.glob("t.*"))
 
 
-@pytest.mark.parametrize("config", [tiny_config(), tiny_config(audio_channels=1, num_quantizers=3)])
+@pytest.mark.parametrize("config", [tiny_config(), tiny_config(audio_channels=1, num_levels=3)])
 def test_expected_shapes_match_the_network(config):
     """load() checks files against expected_shapes before building: it must not drift."""
     from spectrostream.codec import expected_shapes
@@ -333,7 +333,7 @@ def test_model_file_config_is_checked_before_allocating(model, tmp_path):
     meta = {"format": "spectrostream", "format_version": "1", "model_id": "ss-x"}
     cases = {
         "huge.safetensors": (huge, "has shape"),
-        "float.safetensors": (dict(cfg, num_quantizers=8.0), "num_quantizers must be an integer"),
+        "float.safetensors": (dict(cfg, num_levels=8.0), "num_levels must be an integer"),
         "unbounded.safetensors": (dict(cfg, codebook_size=10**9), "codebook_size must be in"),
         "tuple.safetensors": (dict(cfg, decoder_channels=[8]), "decoder_channels needs 6"),
     }
@@ -375,7 +375,7 @@ def test_streams_reject_bad_chunks_and_stay_usable(codec):
             dec.push(ref[..., 5:] + 5000)
         outs.append(dec.push(ref[..., 5:]))
     assert torch.equal(torch.cat(outs, -1), out_ref)
-    with pytest.raises(UsageError, match="n_levels"):
+    with pytest.raises(UsageError, match="levels"):
         StreamingEncoder(m, 2.5)
 
 

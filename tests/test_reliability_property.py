@@ -29,7 +29,7 @@ COMMANDS = ["encode", "decode", "roundtrip", "transcode", "info"]
 def model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    Codec(SpectroStream(tiny_config(num_quantizers=8, codebook_size=64))).save(path)
+    Codec(SpectroStream(tiny_config(num_levels=8, codebook_size=64))).save(path)
     return path
 
 

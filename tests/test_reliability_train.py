@@ -14,7 +14,7 @@ import torch
 from spectrostream.errors import CheckpointError, DivergedError
 from spectrostream.train import checkpoint as ckpt
 from spectrostream.train.config import TrainConfig
-from spectrostream.train.data import CropDataset, build_split
+from spectrostream.train.data import CropDataset, ValidDataset, build_split
 from spectrostream.train.loop import StepRunner, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -78,6 +78,14 @@ def test_non_finite_crops_are_skipped_with_a_warning(tmp_path, caplog):
         items = [ds[k] for k in range(12)]
     assert all(torch.isfinite(c).all() for c, _, _ in items)
     assert sum(f for _, f, _ in items) == 1 and "nan.wav" in caplog.text
+
+
+def test_non_finite_validation_crops_become_silence_with_a_warning(tmp_path, caplog):
+    _write(tmp_path / "nan.wav", np.full((2, 48000), np.nan))
+    tracks = build_split([tmp_path], 0.0, None).train
+    with caplog.at_level(logging.WARNING):
+        crop = ValidDataset(tracks, 2400, 2, count=1)[0]
+    assert torch.equal(crop, torch.zeros(2, 2400)) and "non-finite" in caplog.text
 
 
 def test_divergence_message_is_true(tmp_path):

@@ -13,7 +13,7 @@ from spectrostream.streaming import get_state, set_state, streaming
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = SpectroStream(tiny_config(num_quantizers=8, codebook_size=16)).eval()
+    m = SpectroStream(tiny_config(num_levels=8, codebook_size=16)).eval()
     # Randomise the codebooks relative to the embedding scale so that every level is used.
     with torch.no_grad():
         x = torch.randn(1, 2, 48000) * 0.3

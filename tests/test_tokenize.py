@@ -23,7 +23,7 @@ LEVELS = 5
 def model_file(tmp_path_factory):
     torch.manual_seed(3)
     p = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    Codec(SpectroStream(tiny_config(num_quantizers=8, codebook_size=1024))).save(p)
+    Codec(SpectroStream(tiny_config(num_levels=8, codebook_size=1024))).save(p)
     return p
 
 

@@ -90,7 +90,7 @@ class Codec:
 
     @property
     def num_levels(self) -> int:
-        return self.config.num_quantizers
+        return self.config.num_levels
 
     @property
     def device(self) -> torch.device:
@@ -493,7 +493,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         for name, part in convs.items()
         for k, v in part.state_dict().items()
     }
-    q = (config.num_quantizers, config.codebook_size, config.embedding_dim)
+    q = (config.num_levels, config.codebook_size, config.embedding_dim)
     return {**shapes, "quantizer.codebooks": q}
 
 

@@ -30,14 +30,14 @@ LATENT_BINS = 5  # frequency bins at the bottleneck
 
 # Upper bounds on the sizes in a config. A model file's config is read before any tensor, so
 # these keep a tiny hostile file from asking for terabytes; they are far above any sane model
-# (the official one: widths <= 512, 64 levels of 1024 codes). num_quantizers is bounded by
+# (the official one: widths <= 512, 64 levels of 1024 codes). num_levels is bounded by
 # what an .ssc header can hold (one byte).
 MAX_WIDTH = 4096
 _SIZE_LIMITS = {
     "audio_channels": 16,
     "fused_channels": MAX_WIDTH,
     "embedding_dim": MAX_WIDTH,
-    "num_quantizers": 255,
+    "num_levels": 255,
     "codebook_size": 1 << 16,
     "decoder_input_channels": MAX_WIDTH,
     "decoder_group_channels": MAX_WIDTH,
@@ -88,7 +88,7 @@ class ModelConfig:
     encoder_channels: tuple[int, ...] = (32, 64, 64, 128, 128, 128, 256)
     fused_channels: int = 256
     embedding_dim: int = 256
-    num_quantizers: int = 64
+    num_levels: int = 64
     codebook_size: int = 1024
     decoder_input_channels: int = 512
     decoder_group_channels: int = 512
@@ -122,11 +122,11 @@ class ModelConfig:
 
     @property
     def max_kbps(self) -> float:
-        return self.num_quantizers * self.kbps_per_level
+        return self.num_levels * self.kbps_per_level
 
     def levels_for_kbps(self, kbps: float) -> int:
         """Levels for a total bit rate (see :func:`levels_for_kbps`: out of range is an error)."""
-        return levels_for_kbps(kbps, self.kbps_per_level, self.num_quantizers)
+        return levels_for_kbps(kbps, self.kbps_per_level, self.num_levels)
 
     # ---- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +143,8 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError("model config must be a JSON object")
+        if "num_quantizers" in d and "num_levels" not in d:  # its name in files before 0.2
+            d = {("num_levels" if k == "num_quantizers" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -186,7 +188,7 @@ def small_config(audio_channels: int = 2) -> ModelConfig:
 
 
 def tiny_config(
-    audio_channels: int = 2, num_quantizers: int = 8, codebook_size: int = 64
+    audio_channels: int = 2, num_levels: int = 8, codebook_size: int = 64
 ) -> ModelConfig:
     """A very small network for unit tests (runs in milliseconds on a CPU)."""
     return ModelConfig(
@@ -194,7 +196,7 @@ def tiny_config(
         encoder_channels=(4, 4, 4, 8, 8, 8, 8),
         fused_channels=8,
         embedding_dim=16,
-        num_quantizers=num_quantizers,
+        num_levels=num_levels,
         codebook_size=codebook_size,
         decoder_input_channels=8,
         decoder_group_channels=8,

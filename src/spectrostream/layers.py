@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from .streaming import FrameBuffer, StreamingModule
+from .streaming import FrameBuffer, StreamingModule, tensor_version
 
 # CPU inference: oneDNN convolutions whose weights are reordered to oneDNN's blocked layout
 # ("prepacked") once per weight version, not on every call. Streaming runs each conv on a few
@@ -75,7 +75,7 @@ class _PackedWeight:
         shape: tuple[int, ...],
         pack: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        key = (w.data_ptr(), w._version, tuple(w.shape))
+        key = (w.data_ptr(), tensor_version(w), tuple(w.shape))
         if key != self.key:
             self.packed.clear()
             self.key = key

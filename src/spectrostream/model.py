@@ -36,9 +36,7 @@ class SpectroStream(nn.Module):
         self.config = config
         self.stft = STFT()
         self.encoder = Encoder(config)
-        self.quantizer = ResidualVQ(
-            config.num_quantizers, config.codebook_size, config.embedding_dim
-        )
+        self.quantizer = ResidualVQ(config.num_levels, config.codebook_size, config.embedding_dim)
         self.decoder = Decoder(config)
         self.trim = LookaheadTrim(FRAMES_PER_CODE)
         self.istft = ISTFT()
@@ -58,18 +56,18 @@ class SpectroStream(nn.Module):
         """emb [B, D, N] -> audio [B, C, (N - 1) * 1920]; sample n lines up with input sample n."""
         return self.istft(self.trim(self.decoder(emb)))
 
-    def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+    def encode(self, audio: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """audio [B, C, T] -> codes [B, L, ceil(T / 1920)]."""
-        return self.quantizer.encode(self.encode_embeddings(audio), n_levels)
+        return self.quantizer.encode(self.encode_embeddings(audio), levels)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, N] -> audio [B, C, (N - 1) * 1920]."""
         return self.decode_embeddings(self.quantizer.decode(codes))
 
-    def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Quantized round trip, audio [B, C, T] -> [B, C, (ceil(T / 1920) - 1) * 1920]."""
         emb = self.encode_embeddings(audio)
-        return self.decode_embeddings(self.quantizer.quantize(emb, n_levels)[1])
+        return self.decode_embeddings(self.quantizer.quantize(emb, levels)[1])
 
     def num_parameters(self) -> int:
         """Inference parameter count, codebooks included (61,713,666 for the official config)."""
@@ -141,14 +139,14 @@ class StreamingEncoder(_Stream):
 
     kind = "encoder"
 
-    def __init__(self, model: SpectroStream, n_levels: int | None = None) -> None:
-        q = model.config.num_quantizers
-        if n_levels is not None and (
-            isinstance(n_levels, bool) or not isinstance(n_levels, int) or not 1 <= n_levels <= q
+    def __init__(self, model: SpectroStream, levels: int | None = None) -> None:
+        q = model.config.num_levels
+        if levels is not None and (
+            isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= q
         ):
-            raise UsageError(f"n_levels must be an integer in 1..{q} or None, got {n_levels!r}")
+            raise UsageError(f"levels must be an integer in 1..{q} or None, got {levels!r}")
         super().__init__({"stft": model.stft, "encoder": model.encoder})
-        self.model, self.n_levels = model, n_levels
+        self.model, self.levels = model, levels
         self.samples_in = 0
         self._frames: FrameBuffer | None = None  # STFT frames of an incomplete code frame
         self.batch: int | None = None  # fixed by the first push
@@ -194,7 +192,7 @@ class StreamingEncoder(_Stream):
         if not audio.is_floating_point():
             raise UsageError(f"audio must be float samples, got {audio.dtype}")
         self.batch = batch
-        return self.model.quantizer.encode(self.push_embeddings(audio), self.n_levels)
+        return self.model.quantizer.encode(self.push_embeddings(audio), self.levels)
 
     def flush_embeddings(self, batch: int, channels: int) -> torch.Tensor:
         frames = -(-self.samples_in // SAMPLES_PER_CODE)
@@ -207,7 +205,7 @@ class StreamingEncoder(_Stream):
     def flush(self, batch: int = 1, channels: int | None = None) -> torch.Tensor:
         """Emit the remaining code frames (zero-filled end) and close the stream."""
         channels = self.model.config.audio_channels if channels is None else channels
-        return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.n_levels)
+        return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.levels)
 
 
 @dataclass

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .streaming import tensor_version
+
 
 def nearest_code(
     x: torch.Tensor, codebook_t: torch.Tensor, norms: torch.Tensor, doubled: bool = False
@@ -33,13 +35,13 @@ class SearchTables:
 class ResidualVQ(nn.Module):
     """Codebooks [Q, K, D] (a buffer: they are EMA-trained, not by gradient)."""
 
-    def __init__(self, num_quantizers: int, codebook_size: int, dim: int) -> None:
+    def __init__(self, num_levels: int, codebook_size: int, dim: int) -> None:
         super().__init__()
-        self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
+        self.num_levels, self.codebook_size, self.dim = num_levels, codebook_size, dim
         # A random start with shrinking scale per level; training replaces it by k-means.
-        scale = 0.5 * 0.95 ** torch.arange(num_quantizers, dtype=torch.float32)
+        scale = 0.5 * 0.95 ** torch.arange(num_levels, dtype=torch.float32)
         self.register_buffer(
-            "codebooks", torch.randn(num_quantizers, codebook_size, dim) * scale[:, None, None]
+            "codebooks", torch.randn(num_levels, codebook_size, dim) * scale[:, None, None]
         )
         self._tables_key: tuple = ()
         self._tables = SearchTables([], [], [], [])
@@ -50,7 +52,7 @@ class ResidualVQ(nn.Module):
         search always did, so distances are bit-identical.
         """
         cbs = self.codebooks
-        key = (cbs.data_ptr(), cbs._version, cbs.dtype, cbs.device, tuple(cbs.shape))
+        key = (cbs.data_ptr(), tensor_version(cbs), cbs.dtype, cbs.device, tuple(cbs.shape))
         if key != self._tables_key:
             with torch.no_grad():
                 cbf = cbs.float()
@@ -63,34 +65,34 @@ class ResidualVQ(nn.Module):
             self._tables_key = key
         return self._tables
 
-    def _levels(self, n_levels: int | None) -> int:
-        n = self.num_quantizers if n_levels is None else int(n_levels)
-        if not 1 <= n <= self.num_quantizers:
-            raise ValueError(f"levels must be in 1..{self.num_quantizers}, got {n}")
+    def _levels(self, levels: int | None) -> int:
+        n = self.num_levels if levels is None else int(levels)
+        if not 1 <= n <= self.num_levels:
+            raise ValueError(f"levels must be in 1..{self.num_levels}, got {n}")
         return n
 
     @torch.no_grad()
-    def encode(self, emb: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+    def encode(self, emb: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """emb [B, D, N] -> codes [B, L, N] (int64)."""
-        return self._search(emb, n_levels, dequantize=False)[0]
+        return self._search(emb, levels, dequantize=False)[0]
 
     def quantize(
-        self, emb: torch.Tensor, n_levels: int | None = None
+        self, emb: torch.Tensor, levels: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """emb [B, D, N] -> (codes [B, L, N], dequantized [B, D, N])."""
-        codes, total = self._search(emb, n_levels, dequantize=True)
+        codes, total = self._search(emb, levels, dequantize=True)
         b, d, t = emb.shape
         return codes, total.reshape(b, t, d).transpose(1, 2).to(emb.dtype)
 
     def _search(
-        self, emb: torch.Tensor, n_levels: int | None, dequantize: bool
+        self, emb: torch.Tensor, levels: int | None, dequantize: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Greedy residual search -> (codes [B, L, N], sum of the chosen codewords [B N, D]).
 
         Five ops per level (a 40 ms step runs 64 levels): the residual is kept doubled, exactly
         (scaling by 2 is exact), which is the term the distance needs.
         """
-        n = self._levels(n_levels)
+        n = self._levels(levels)
         b, d, t = emb.shape
         twice = 2.0 * emb.detach().float().transpose(1, 2).reshape(b * t, d)
         total = torch.zeros_like(twice) if dequantize else None
@@ -108,8 +110,8 @@ class ResidualVQ(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, N] -> [B, D, N]."""
         b, n, t = codes.shape
-        if n > self.num_quantizers:
-            raise ValueError(f"{n} levels given, the model has {self.num_quantizers}")
+        if n > self.num_levels:
+            raise ValueError(f"{n} levels given, the model has {self.num_levels}")
         if codes.numel():
             lo, hi = torch.aminmax(codes)
             if int(lo) < 0 or int(hi) >= self.codebook_size:

@@ -100,8 +100,17 @@ class FrameBuffer:
         return FrameBuffer(self.buf.clone(), self.fill, self.dim, self.inplace, self.keep_max)
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """In-place update counter, for caches keyed on a tensor; 0 for inference tensors (a model
+    built under ``torch.inference_mode`` has no counter)."""
+    return 0 if t.is_inference() else t._version
+
+
 def _may_update_in_place(x: torch.Tensor) -> bool:
-    return not (torch.jit.is_tracing() or (x.requires_grad and torch.is_grad_enabled()))
+    # torch.compile: the functional path (inductor cannot trace the preallocated buffers).
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not (x.requires_grad and torch.is_grad_enabled())
 
 
 def clone_state(state: Any) -> Any:

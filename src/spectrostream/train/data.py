@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
-from ..errors import DataError
+from ..errors import AudioError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -333,10 +333,13 @@ class ValidDataset(Dataset):
         crop = np.zeros((self.channels, self.crop_samples), np.float32)
         for _ in range(4):
             start = int(rng.integers(0, max(1, total - self.crop_samples + 1)))
-            crop = read_crop(track, start, self.crop_samples, self.channels)
-            if not np.isfinite(crop).all():
-                log.warning("validation file %s has non-finite samples; using silence", track.path)
-                crop = np.zeros_like(crop)
+            try:
+                crop = read_crop(track, start, self.crop_samples, self.channels)
+                if not np.isfinite(crop).all():
+                    raise DataError("non-finite samples (NaN or Inf)")
+            except (AudioError, DataError) as e:  # a bad file must not stop validation
+                log.warning("validation file %s: %s; using silence", track.path, e)
+                crop = np.zeros((self.channels, self.crop_samples), np.float32)
                 break
             if rms_db(crop) >= self.silence_db:
                 break

@@ -105,7 +105,7 @@ def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Ne
     elif cfg.optim.calibrate_init:
         calibrate(model)
     rvq = QuantizerTrainer(
-        model_cfg.num_quantizers,
+        model_cfg.num_levels,
         model_cfg.codebook_size,
         model_cfg.embedding_dim,
         cfg.quantizer,

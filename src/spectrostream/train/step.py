@@ -115,7 +115,7 @@ class StepRunner:
         with torch.no_grad():
             self._acc("metrics/si_sdr", si_sdr(x_ref, y.detach()).mean())
             if q is not None:
-                self._acc("vq/levels_mean", q.n_levels.float().mean())
+                self._acc("vq/levels_mean", q.levels.float().mean())
                 self._acc("vq/bypass_share", q.bypass.float().mean())
                 self.last_counts = q.counts
         self.n += 1
