@@ -7,10 +7,12 @@ them); the rest call ``main`` in-process, which goes through the same error hand
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -164,3 +166,13 @@ def test_convert_official_never_overwrites_an_input(tmp_path, capsys):
     assert err == f"spectrostream: error: {enc}: refusing to overwrite the input {enc}"
     assert enc.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.safetensors"]
+
+
+def test_roundtrip_from_stdin_names_it_stdin(ssc, tmp_path, monkeypatch, capsys):
+    wav = tmp_path / "in.wav"
+    sf.write(wav, 0.1 * np.ones((4800, 2), np.float32), 48000)
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(wav.read_bytes())))
+    model = str(ssc.with_name("tiny.safetensors"))
+    assert main(["roundtrip", "-", str(tmp_path / "out.wav"), "--model", model]) == 0
+    assert capsys.readouterr().err.startswith("<stdin>: ")
+    assert sf.info(tmp_path / "out.wav").frames == 4800

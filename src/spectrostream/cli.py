@@ -188,11 +188,11 @@ def run_roundtrip(args: argparse.Namespace) -> int:
         size = buf.tell()
         buf.seek(0)
         with files.atomic_path(dst) as tmp:
-            result = files.decode_file(codec, buf, tmp, sample_rate=args.sr, name=src)
+            result = files.decode_file(codec, buf, tmp, sample_rate=args.sr, name=_input_name(src))
         secs = result.num_samples / result.header.sample_rate
         kbps = 8 * size / secs / 1000 if secs else 0.0
         print(
-            f"{src}: {size} bytes, {kbps:.2f} kbps actual, {result.header.num_levels} levels",
+            f"{_input_name(src)}: {size} bytes, {kbps:.2f} kbps actual, {result.header.num_levels} levels",
             file=sys.stderr,
         )
         return {"bytes": size, "kbps": round(kbps, 3), "levels": result.header.num_levels}
@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_decode)
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
-    p.add_argument("input", help="audio file or directory")
-    p.add_argument("output", help="audio file or directory (a.flac -> a.flac.wav)")
+    p.add_argument("input", help="audio file, directory, or - for stdin")
+    p.add_argument("output", help="audio file, directory (a.flac -> a.flac.wav), or - (WAV)")
     p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
