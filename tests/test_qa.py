@@ -7,6 +7,7 @@ them); the rest call ``main`` in-process, which goes through the same error hand
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import subprocess
@@ -176,3 +177,37 @@ def test_roundtrip_from_stdin_names_it_stdin(ssc, tmp_path, monkeypatch, capsys)
     assert main(["roundtrip", "-", str(tmp_path / "out.wav"), "--model", model]) == 0
     assert capsys.readouterr().err.startswith("<stdin>: ")
     assert sf.info(tmp_path / "out.wav").frames == 4800
+
+
+def test_export_never_overwrites_the_checkpoint_it_reads(tmp_path, capsys):
+    """``export runs/x/checkpoints/step_2.pt -o <same file or a hard link>`` replaced the input."""
+    ckpt = tmp_path / "step_00000002.pt"
+    ckpt.write_bytes(b"PK\x03\x04 a checkpoint")
+    link = tmp_path / "link.safetensors"
+    os.link(ckpt, link)
+    for out in (ckpt, link):
+        assert main(["export", str(ckpt), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"spectrostream: error: {out}: refusing to overwrite the input {ckpt}"
+    assert ckpt.read_bytes() == b"PK\x03\x04 a checkpoint"
+    assert sorted(files_in(tmp_path)) == ["link.safetensors", "step_00000002.pt"]
+
+
+def test_export_of_a_non_checkpoint_says_so_in_one_line(ssc, tmp_path, capsys):
+    """Audio or .ssc given to export: one line, no checksum warning, no torch advice."""
+    wav = tmp_path / "song.wav"
+    sf.write(wav, np.zeros((4800, 2), np.float32), 48000)
+    out = tmp_path / "m.safetensors"
+    for src in (wav, ssc):
+        assert main(["export", str(src), "-o", str(out)]) == 2
+        want = f"spectrostream: error: {src} is not a spectrostream training checkpoint"
+        assert capsys.readouterr().err.splitlines() == [want + " (not a zip file)"]
+    pickled = tmp_path / "other.pt"
+    torch.save({"args": argparse.Namespace(a=1)}, pickled)  # needs weights_only=False
+    assert main(["export", str(pickled), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"spectrostream: error: cannot read checkpoint {pickled}: it holds objects other than "
+        "tensors and plain data, which are never unpickled"
+    )
+    assert not out.exists()

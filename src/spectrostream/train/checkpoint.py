@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "spectrostream-train"
 VERSION = 1
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -125,18 +127,33 @@ def verify_checkpoint(path: Path) -> None:
         )
 
 
+def _check_zip_magic(path: Path) -> None:
+    """A checkpoint is a torch zip archive; anything else (audio, ``.ssc``) is refused up front."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a spectrostream training checkpoint (not a zip file)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A verified checkpoint (see :func:`verify_checkpoint`), loaded with weights_only=True."""
     p = Path(path)
     if p.is_file():
+        _check_zip_magic(p)
         verify_checkpoint(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint not found: {p}") from e
-    except Exception as e:
+    except pickle.UnpicklingError as e:  # torch's advice (weights_only=False) is not ours
         raise CheckpointError(
-            f"cannot read checkpoint {p} ({type(e).__name__}: {e}); remove it to fall back "
+            f"cannot read checkpoint {p}: it holds objects other than tensors and plain data, "
+            "which are never unpickled"
+        ) from e
+    except Exception as e:  # torch's messages run to many lines: keep the first
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"cannot read checkpoint {p} ({type(e).__name__}: {first}); remove it to fall back "
             "to an earlier one"
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
