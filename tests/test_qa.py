@@ -211,3 +211,15 @@ def test_export_of_a_non_checkpoint_says_so_in_one_line(ssc, tmp_path, capsys):
         "tensors and plain data, which are never unpickled"
     )
     assert not out.exists()
+
+
+def test_train_with_audio_as_config_is_one_line(tmp_path, capsys):
+    """``train song.wav --data D`` gave a UnicodeDecodeError traceback."""
+    wav = tmp_path / "song.wav"
+    sf.write(wav, np.random.default_rng(0).uniform(-0.5, 0.5, (4800, 2)), 48000)
+    out = tmp_path / "run"
+    argv = ["train", str(wav), "--data", str(tmp_path), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"spectrostream: error: {wav}: not a UTF-8 TOML file"]
+    assert not out.exists()

@@ -288,6 +288,8 @@ class TrainConfig:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise TrainConfigError(f"config file not found: {p}") from e
+        except UnicodeDecodeError as e:  # e.g. an audio file given as the config
+            raise TrainConfigError(f"{p}: not a UTF-8 TOML file") from e
         except tomllib.TOMLDecodeError as e:
             raise TrainConfigError(f"{p}: invalid TOML: {e}") from e
         try:
