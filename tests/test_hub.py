@@ -284,7 +284,9 @@ def test_first_fetch_downloads_three_files_records_revision_and_attribution(fetc
     }
     methods = sorted((m, p.rsplit("/", 1)[1]) for m, p, _, _ in resolve)
     files = sorted(f"{p}.safetensors" for p in PARTS)
-    assert methods == [("GET", f) for f in files] + [("HEAD", f) for f in files]
+    # The encoder is asked for twice: a HEAD without retries first, to fail fast when offline.
+    heads = sorted([*files, "encoder.safetensors"])
+    assert methods == [("GET", f) for f in files] + [("HEAD", f) for f in heads]
     # The first file resolves "main"; the others are asked for at that commit.
     assert sum(f"/resolve/{hub.main}/" in p for _, p, _, _ in resolve) == 4
     assert all(auth == f"Bearer {TOKEN}" for _, _, _, auth in resolve)  # HF_TOKEN

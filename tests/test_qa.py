@@ -223,3 +223,29 @@ def test_train_with_audio_as_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [f"spectrostream: error: {wav}: not a UTF-8 TOML file"]
     assert not out.exists()
+
+
+def test_unreachable_hub_fails_fast_in_one_line_naming_the_revision(tmp_path, capsys):
+    """HF_ENDPOINT at a closed port: huggingface_hub retried for ~25 s and printed ~11 lines."""
+    import time
+
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+        mp.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}",
+        )
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        mp.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        mp.setenv("HF_HOME", str(tmp_path))
+        t0 = time.monotonic()
+        argv = ["encode", "x.wav", "x.ssc", "--model", "magenta-rt", "--revision", "v7"]
+        assert main(argv) == 2
+        elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "the Hub is unreachable" in err[0], err
+    assert "/tree/v7/resources/spectrostream" in err[0]
+    assert elapsed < 10

@@ -71,10 +71,11 @@ class Fetched:
     files: tuple[str, ...]
 
 
-def manual_route(repo_id: str = REPO_ID) -> str:
+def manual_route(repo_id: str = REPO_ID, revision: str | None = None) -> str:
     files = " ".join(f"{p}.safetensors" for p in PARTS)
+    tree = f"https://huggingface.co/{repo_id}/tree/{revision or 'main'}/resources/spectrostream"
     return (
-        f"download {files} from https://huggingface.co/{repo_id}/tree/main/resources/spectrostream "
+        f"download {files} from {tree} "
         "and run `spectrostream convert-official --encoder encoder.safetensors --decoder "
         "decoder.safetensors --quantizer quantizer.safetensors -o magenta-rt.safetensors`, "
         "then pass --model magenta-rt.safetensors"
@@ -83,18 +84,22 @@ def manual_route(repo_id: str = REPO_ID) -> str:
 
 @contextmanager
 def _hub_errors(repo_id: str, revision: str | None, what: str) -> Iterator[None]:
-    """huggingface_hub and network errors -> one-line HubError."""
+    """huggingface_hub and network errors -> one-line HubError; its retry warnings (a dozen
+    lines while the Hub is down) are silenced meanwhile, our error says what happened."""
     import httpx2
     from huggingface_hub import errors
+    from huggingface_hub.utils import logging as hf_logging
 
     rev = revision or "main"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         yield
     except errors.LocalEntryNotFoundError as e:
         from huggingface_hub import constants
 
         why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub is unreachable"
-        raise HubError(f"{what} is not cached and {why}; {manual_route(repo_id)}") from e
+        raise HubError(f"{what} is not cached and {why}; {manual_route(repo_id, revision)}") from e
     except errors.RevisionNotFoundError as e:
         raise HubError(f"revision {rev!r} does not exist in {repo_id}") from e
     except errors.RepositoryNotFoundError as e:  # gated and private repos too
@@ -105,6 +110,32 @@ def _hub_errors(repo_id: str, revision: str | None, what: str) -> Iterator[None]
     except (errors.HfHubHTTPError, httpx2.HTTPError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HubError(f"downloading {what} from {repo_id}@{rev} failed: {first}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _probe(repo_id: str, filename: str, revision: str | None) -> None:
+    """Fail fast when the Hub is unreachable and the file is not cached: one HEAD without
+    retries, where ``hf_hub_download`` would retry for ~25 s (it offers no switch for that)."""
+    import httpx2
+    from huggingface_hub import (
+        constants,
+        errors,
+        get_hf_file_metadata,
+        hf_hub_url,
+        try_to_load_from_cache,
+    )
+
+    if constants.is_offline_mode() or isinstance(
+        try_to_load_from_cache(repo_id, filename, revision=revision), str
+    ):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
+    except httpx2.TransportError as e:  # refused, unresolvable, timed out
+        raise errors.LocalEntryNotFoundError(str(e)) from e
+    except errors.HfHubHTTPError:
+        pass  # the Hub answered: hf_hub_download reports it as usual
 
 
 def _commit_of(local: str, filename: str) -> str:
@@ -283,6 +314,7 @@ def fetch_official(revision: str | None = None, repo_id: str = REPO_ID) -> Fetch
     """Download (or take from the Hugging Face cache) the official tensors of one revision."""
     what = "magenta-rt (Google's SpectroStream weights)"
     with _hub_errors(repo_id, revision, what):
+        _probe(repo_id, RESOURCE_FILES["encoder"], revision)
         enc = _download(repo_id, RESOURCE_FILES["encoder"], revision)
         if enc is None:
             raise HubError(
