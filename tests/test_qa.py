@@ -249,3 +249,43 @@ def test_unreachable_hub_fails_fast_in_one_line_naming_the_revision(tmp_path, ca
     assert len(err) == 1 and "the Hub is unreachable" in err[0], err
     assert "/tree/v7/resources/spectrostream" in err[0]
     assert elapsed < 10
+
+
+def test_tokenize_shards_modes_summary_and_refusals(ssc, tmp_path, capsys):
+    """Shards get the usual file mode (not 0600); failures are not counted as coded; another
+    --shard-files into the same folder is refused instead of writing a second set beside."""
+    src = tmp_path / "music"
+    src.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(src / name, np.zeros((4800, 2), np.float32), 48000)
+    (src / "bad.wav").write_bytes(b"junk")
+    out = tmp_path / "out"
+    model = str(ssc.with_name("tiny.safetensors"))
+    argv = ["tokenize", str(src), "-o", str(out), "--workers", "0", "--model", model]
+    assert main([*argv, "--shard-files", "2"]) == 0
+    assert "; 2 files (0.00 h) coded on" in capsys.readouterr().err
+    umask = os.umask(0)
+    os.umask(umask)
+    shards = sorted(out.iterdir())
+    assert [p.name for p in shards] == [f"shard-0000{k}-of-00002.safetensors" for k in (0, 1)]
+    assert {p.stat().st_mode & 0o777 for p in shards} == {0o666 & ~umask}
+    assert main([*argv, "--shard-files", "1"]) == 2
+    why = "(2 shards, not 3: another --shard-files, or files added or removed)"
+    assert capsys.readouterr().err.splitlines() == [
+        f"spectrostream: error: {shards[0]} was made by another run {why}; use a new output folder"
+    ]
+    assert sorted(out.iterdir()) == shards
+
+
+def test_tokenize_output_that_is_a_file_says_it_must_be_a_folder(ssc, tmp_path, capsys):
+    src = tmp_path / "music"
+    src.mkdir()
+    sf.write(src / "a.wav", np.zeros((4800, 2), np.float32), 48000)
+    out = tmp_path / "tokens.safetensors"
+    out.write_bytes(b"mine")
+    model = str(ssc.with_name("tiny.safetensors"))
+    assert main(["tokenize", str(src), "-o", str(out), "--workers", "0", "--model", model]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"spectrostream: error: {out}: exists and is not a folder; -o names a folder for the shards"
+    ]
+    assert out.read_bytes() == b"mine"

@@ -110,7 +110,7 @@ def test_tokenize_resumes_after_a_kill(model_file, corpus, tmp_path, capsys):
     before = os.stat(done)
     # A kill during shard 2: no shard file, a partial temporary file left behind.
     (out / "shard-00002-of-00003.safetensors").unlink()
-    stale = out / ".shard-00002-of-00003.safetensors.k1ll3d.tmp"
+    stale = out / ".spectrostream-shard-00002-of-00003.safetensors.k1ll3d.safetensors"
     stale.write_bytes(b"half a shard")
     capsys.readouterr()
     assert tokenize(model_file, corpus, out, "--workers", "0") == 0

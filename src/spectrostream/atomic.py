@@ -44,10 +44,12 @@ def _fsync(path: str) -> None:
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[str]:
+def atomic_path(target: str | Path, tag: str = "") -> Iterator[str]:
     """Yields a fresh temporary path next to ``target`` with its extension (which picks an
     audio format); on success the file is fsynced and renamed over ``target``, on failure
-    removed. Errors name ``target``, never the temporary file. ``"-"`` is passed through."""
+    removed. Errors name ``target``, never the temporary file. ``"-"`` is passed through.
+    ``tag`` follows the prefix in the temporary name (``.spectrostream-<tag>...``), so that a
+    writer can find its own leftovers after a hard kill."""
     target = str(target)
     if target == STDIO:
         yield target
@@ -55,7 +57,7 @@ def atomic_path(target: str | Path) -> Iterator[str]:
     parent = os.path.dirname(target) or "."
     try:
         os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=Path(target).suffix, dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + tag, suffix=Path(target).suffix, dir=parent)
         os.close(fd)
     except OSError as e:  # name the user's folder or target, never the temporary name
         where = parent if e.filename == parent else target

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from . import audio_io
+from .atomic import TEMP_PREFIX, atomic_path
 from .audio_io import AudioError
 from .codec import Codec
 from .config import SAMPLES_PER_CODE
@@ -65,7 +64,7 @@ class Clip:
 class Report:
     shards_written: int = 0
     shards_skipped: int = 0
-    files: int = 0
+    files: int = 0  # files coded by this run (not failures, not skipped shards)
     audio_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -149,8 +148,20 @@ def _check_finished(path: Path, names: list[str], codec: Codec, levels: int) -> 
     return failed
 
 
+def _check_split(out: Path, count: int) -> None:
+    """Shards of another split (another ``--shard-files``, or files added or removed) would
+    sit beside this run's under other names: refused, like another model or levels."""
+    for p in sorted(out.glob("shard-*-of-*.safetensors")):
+        if p.name.rsplit("-of-", 1)[1] != f"{count:05d}.safetensors":
+            n = p.name.rsplit("-of-", 1)[1].split(".")[0]
+            raise TokenizeError(
+                f"{p} was made by another run ({n.lstrip('0') or '0'} shards, not {count}: "
+                "another --shard-files, or files added or removed); use a new output folder"
+            )
+
+
 def _write_shard(path: Path, clips: list[Clip], codes: list[np.ndarray], meta: dict) -> None:
-    """Atomic: a temporary file in the same folder, renamed once complete."""
+    """Atomic (:func:`atomic_path`), its temporary file tagged with the shard's name."""
     from safetensors.numpy import save_file
 
     levels = int(meta["levels"])
@@ -164,19 +175,13 @@ def _write_shard(path: Path, clips: list[Clip], codes: list[np.ndarray], meta: d
         "channels": np.array([c.channels for c in clips], np.int64),
     }
     meta = {**meta, "names": json.dumps([c.name for c in clips])}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, tag=f"{path.name}.") as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _remove_stale(path: Path) -> None:
     """Temporary files of an earlier, killed attempt at this shard (only its owner writes it)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    for tmp in path.parent.glob(f"{TEMP_PREFIX}{path.name}.*"):
         tmp.unlink(missing_ok=True)
 
 
@@ -241,8 +246,12 @@ def tokenize(
     if batch < 1 or shard_files < 1 or workers < 0:
         raise TokenizeError("--batch and --shard-files must be >= 1, --workers >= 0")
     root, out = Path(root), Path(out)
+    if out.exists() and not out.is_dir():
+        raise TokenizeError(f"{out}: exists and is not a folder; -o names a folder for the shards")
     names = list_audio(root)
     plan = [names[i : i + shard_files] for i in range(0, len(names), shard_files)]
+    if out.is_dir():
+        _check_split(out, len(plan))
     paths = {k: out / shard_name(k, len(plan)) for k in range(rank, len(plan), world)}
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -264,7 +273,8 @@ def tokenize(
     bar = tqdm(total=sum(len(plan[k]) for k in todo), unit="file", disable=not progress or None)
 
     def on_file(clip: Clip) -> None:
-        report.files += 1
+        if clip.error is None:  # a failure is counted in report.failed, not as coded
+            report.files += 1
         report.audio_seconds += clip.num_samples / clip.sample_rate if clip.sample_rate else 0.0
         bar.set_postfix_str(f"{report.audio_seconds / 3600:.2f} h of audio", refresh=False)
         bar.update(1)
