@@ -289,3 +289,22 @@ def test_tokenize_output_that_is_a_file_says_it_must_be_a_folder(ssc, tmp_path, 
         f"spectrostream: error: {out}: exists and is not a folder; -o names a folder for the shards"
     ]
     assert out.read_bytes() == b"mine"
+
+
+def test_export_onnx_outputs_have_the_usual_mode_and_a_file_target_is_refused(
+    ssc, tmp_path, capsys
+):
+    model = str(ssc.with_name("tiny.safetensors"))
+    taken = tmp_path / "graphs.onnx"
+    taken.write_bytes(b"mine")
+    assert main(["export-onnx", model, "-o", str(taken)]) == 2
+    why = "exists and is not a directory; -o names a directory for the graphs"
+    assert capsys.readouterr().err.splitlines() == [f"spectrostream: error: {taken}: {why}"]
+    assert taken.read_bytes() == b"mine"
+    out = tmp_path / "onnx"
+    assert main(["export-onnx", model, "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    names = ["decoder_step.onnx", "encoder_step.onnx", "steps.json"]
+    assert sorted(p.name for p in out.iterdir()) == names  # no temporary file left
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}

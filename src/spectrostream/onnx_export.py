@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from .atomic import atomic_path
+from .errors import OutputError
 from .step import NetworkStep, decoder_step, encoder_step
 
 if TYPE_CHECKING:
@@ -33,24 +33,17 @@ def export_step(step: NetworkStep, path: Path) -> dict:
     inputs = ["x", *(f"state_{i}" for i in range(n))]
     outputs = ["y", *(f"new_state_{i}" for i in range(n))]
     args = (torch.zeros(step.example_shape), *step.initial_state())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                step,
-                args,
-                tmp,
-                dynamo=False,
-                input_names=inputs,
-                output_names=outputs,
-                opset_version=OPSET,
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            step,
+            args,
+            tmp,
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=OPSET,
+        )
     with torch.no_grad():
         y = step(*args)[0]
     return {
@@ -66,6 +59,10 @@ def export_step(step: NetworkStep, path: Path) -> dict:
 def export_onnx(codec: Codec, out_dir: str | Path) -> list[Path]:
     """Exports the step graphs of the halves ``codec`` holds into ``out_dir`` (created)."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            f"{out}: exists and is not a directory; -o names a directory for the graphs"
+        )
     out.mkdir(parents=True, exist_ok=True)
     model = codec.model.eval()
     meta: dict = {"opset": OPSET, "config": codec.config.to_dict(), "model_id": codec.model_id}
@@ -74,10 +71,8 @@ def export_onnx(codec: Codec, out_dir: str | Path) -> list[Path]:
         if part in codec.parts:
             meta[part] = export_step(make(model), out / f"{part}_step.onnx")
             written.append(out / f"{part}_step.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=".steps.json.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, out / "steps.json")
+    with atomic_path(out / "steps.json") as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=1))
     return [*written, out / "steps.json"]
 
 
