@@ -308,3 +308,52 @@ def test_export_onnx_outputs_have_the_usual_mode_and_a_file_target_is_refused(
     names = ["decoder_step.onnx", "encoder_step.onnx", "steps.json"]
     assert sorted(p.name for p in out.iterdir()) == names  # no temporary file left
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_model_paths_that_are_not_regular_files_say_what_they_are(ssc, tmp_path, capsys):
+    """``--checkpoint DIR`` and ``--model /dev/null`` said "no such file"."""
+    from safetensors.numpy import save_file
+
+    enc = tmp_path / "encoder.safetensors"
+    save_file({"params/encoder/x": np.zeros(3, np.float32)}, str(enc))
+    out = str(tmp_path / "m.safetensors")
+    assert (
+        main(["convert-official", "--encoder", str(enc), "--checkpoint", str(tmp_path), "-o", out])
+        == 2
+    )
+    assert capsys.readouterr().err.splitlines() == [
+        f"spectrostream: error: {tmp_path}: is a directory"
+    ]
+    assert main(["decode", str(ssc), str(tmp_path / "a.wav"), "--model", os.devnull]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"spectrostream: error: {os.devnull}: not a regular file; --model takes a model file or name"
+    ]
+
+
+def test_mrt_codes_refuse_negative_samples_and_audio_io_suggests_transposing():
+    from spectrostream.errors import AudioError, UsageError
+
+    codec = Codec(SpectroStream(tiny_config(num_levels=4, codebook_size=1024)))
+    with pytest.raises(UsageError, match="num_samples must be >= 0, got -5"):
+        codec.to_mrt_codes(torch.zeros(4, 3, dtype=torch.long), num_samples=-5)
+    with pytest.raises(AudioError, match=r"looks like \[samples, channels\].*transpose"):
+        codec.encode(np.zeros((4800, 2), np.float32), 48000)
+    with pytest.raises(AudioError, match="6 channels; expected 2"):  # a real [C, T] mismatch
+        codec.encode(np.zeros((6, 4800), np.float32), 48000)
+
+
+def test_step_casts_fp32_input_to_a_bf16_model():
+    from spectrostream.step import decoder_step, encoder_step
+
+    torch.manual_seed(0)
+    model = SpectroStream(tiny_config()).eval()
+    x = torch.randn(encoder_step(model).example_shape)
+    want = encoder_step(model)(x, *encoder_step(model).initial_state())[0]
+    model = model.to(torch.bfloat16)
+    for make in (encoder_step, decoder_step):
+        step = make(model)
+        states = [s.float() for s in step.initial_state()]
+        y = step(torch.randn(step.example_shape), *states)[0]  # fp32 in: no dtype error
+        assert y.dtype == torch.bfloat16
+    got = encoder_step(model)(x, *encoder_step(model).initial_state())[0]
+    assert (got.float() - want).abs().max() <= 0.02 * want.abs().max()

@@ -160,6 +160,11 @@ def to_channels(
     (:func:`check_channels` tells before any audio is decoded).
     """
     have = audio.shape[-2]
+    if have > 2 >= audio.shape[-1] and not (have == channels or downmix):
+        raise AudioError(
+            f"{name}: {have} channels of {audio.shape[-1]} samples looks like [samples, "
+            "channels]; pass [channels, samples] (transpose it)"
+        )
     check_channels(have, channels, downmix=downmix, name=name)
     if have == channels:
         return audio

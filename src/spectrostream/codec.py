@@ -4,7 +4,7 @@ policy, load and save. Files, directories and pipes are :mod:`spectrostream.file
 Every path runs the streaming encoder/decoder over bounded chunks, so a one-hour input and a
 one-second clip go through the same code, and memory does not grow with the input length.
 
-Alignment: ``encode`` appends one code frame of zeros (the decoder's look-ahead), so T samples
+Alignment: ``encode`` appends one frame of silence (the decoder's look-ahead), so T samples
 give ``ceil(T / 1920) + 1`` code frames and ``decode`` returns at least T samples.
 """
 
@@ -354,6 +354,8 @@ class Codec:
         (the 48 kHz length that was encoded) the frame count is MRT's; without it only the
         look-ahead frame is dropped (``ceil(T / 1920)`` frames, the last one partial).
         """
+        if num_samples is not None and int(num_samples) < 0:
+            raise UsageError(f"num_samples must be >= 0, got {num_samples}")
         c = self._codes_tensor(codes).cpu()
         frames = c.shape[-1] - 1 if num_samples is None else int(num_samples) // SAMPLES_PER_CODE
         if not 0 <= frames <= c.shape[-1]:

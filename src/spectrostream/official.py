@@ -115,13 +115,20 @@ def parts_present(state: Mapping[str, object]) -> tuple[str, ...]:
     return tuple(p for p in PARTS if any(k.split(".", 1)[0] == p for k in state))
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read as one, for a message."""
+    if path.is_dir():
+        return "is a directory"
+    return "not a regular file" if path.exists() else "no such file"
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file (any dtype, bf16 included)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{path}: {not_a_file(path)}")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for a bad file

@@ -22,19 +22,22 @@ from .streaming import FrameBuffer, StreamingModule, is_streaming, set_streaming
 
 
 class NetworkStep(nn.Module):
-    """``forward(x, *state) -> (y, *state)`` for ``model.encoder`` or ``model.decoder``."""
+    """``forward(x, *state) -> (y, *state)`` for ``model.encoder`` or ``model.decoder``.
+
+    Inputs are cast to the network's dtype (fp32 audio features into a bf16 model give bf16)."""
 
     def __init__(self, net: nn.Module, example: torch.Tensor) -> None:
         super().__init__()
         if is_streaming(net):
             raise RuntimeError("the network has an open stream")
         self.net = net
+        self.dtype = next(net.parameters()).dtype
         self.example_shape = tuple(example.shape)
         # One step from the fresh state tells which layers buffer frames, and their shapes.
         set_streaming(net, True)
         try:
             with torch.no_grad():
-                net(torch.zeros_like(example))
+                net(torch.zeros_like(example, dtype=self.dtype))
             layers = [
                 (name, m)
                 for name, m in net.named_modules()
@@ -49,7 +52,7 @@ class NetworkStep(nn.Module):
     def initial_state(self) -> list[torch.Tensor]:
         """The fresh state: zeros (the causal padding), one tensor per buffering layer."""
         dev = next(self.net.parameters()).device
-        return [torch.zeros(s, device=dev) for s in self.state_shapes]
+        return [torch.zeros(s, device=dev, dtype=self.dtype) for s in self.state_shapes]
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if tuple(x.shape) != self.example_shape or len(state) != len(self._layers):
@@ -61,8 +64,8 @@ class NetworkStep(nn.Module):
         set_streaming(self.net, True)
         try:
             for m, s in zip(self._layers, state, strict=True):
-                m._stream_state = FrameBuffer(s, s.shape[2], 2, inplace=False)
-            y = self.net(x)
+                m._stream_state = FrameBuffer(s.to(self.dtype), s.shape[2], 2, inplace=False)
+            y = self.net(x.to(self.dtype))
             new = []
             for m, shape in zip(self._layers, self.state_shapes, strict=True):
                 buf = m._stream_state.valid()

@@ -23,7 +23,7 @@ import torch
 
 from .atomic import atomic_path
 from .config import ModelConfig, official_config
-from .official import ATTRIBUTION, LICENSE, MODEL_ID_PREFIX, PARTS, ModelError
+from .official import ATTRIBUTION, LICENSE, MODEL_ID_PREFIX, PARTS, ModelError, not_a_file
 
 FORMAT_NAME = "spectrostream"
 FORMAT_VERSION = "1"
@@ -149,6 +149,8 @@ def resolve_model(name_or_path: str | Path, revision: str | None = None) -> Path
             "no default model is installed with this package; pass --model magenta-rt or "
             "--model PATH (a .safetensors from `spectrostream export` or `convert-official`)"
         )
+    if p.exists():  # a folder or a device (/dev/null); checked after the names, which win
+        raise ModelError(f"{name_or_path}: {not_a_file(p)}; --model takes a model file or name")
     if p.suffix or "/" in name:
         raise ModelError(f"{name_or_path}: no such model file")
     raise ModelError(f"unknown model {name!r}; named models: {', '.join(NAMED_MODELS)}")
