@@ -17,7 +17,9 @@ import io
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -25,15 +27,29 @@ from . import bitstream
 from .errors import UsageError, exit_status
 
 STDIO = "-"
+_N = TypeVar("_N", int, float)
 
 
 # ---- argument rules (the same for every command) -------------------------------------------
+def _number(text: str, kind: Callable[[str], _N], what: str) -> _N:
+    """``text`` read as ``kind``; otherwise an argparse error that says a ``what`` was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+
+
+def _bounded_int(text: str, low: int, high: int, what: str, unit: str = "") -> int:
+    """A whole number in ``low..high`` (both included); ``unit`` follows the bounds in errors."""
+    value = _number(text, int, what)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be in {low}..{high}{unit}, got {value}")
+    return value
+
+
 def kbps_arg(text: str) -> float:
     """A finite, positive bit rate in kbps (the model or file bounds it further)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text, float, "number")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
@@ -41,25 +57,20 @@ def kbps_arg(text: str) -> float:
 
 def levels_arg(text: str) -> int:
     """A whole number of RVQ levels, 1..255 (the model or file bounds it further)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= bitstream.MAX_LEVELS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{bitstream.MAX_LEVELS}, got {value}")
-    return value
+    return _bounded_int(text, 1, bitstream.MAX_LEVELS, "whole number")
 
 
 def sample_rate_arg(text: str) -> int:
     """An output sample rate in Hz that an .ssc header can also hold."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of Hz: {text!r}") from None
     low, high = bitstream.MIN_SAMPLE_RATE, bitstream.MAX_SAMPLE_RATE
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be in {low}..{high} Hz, got {value}")
-    return value
+    return _bounded_int(text, low, high, "whole number of Hz", unit=" Hz")
+
+
+def _positive_int(text: str) -> int:
+    """``--threads``: digits only, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _levels_args(p: argparse.ArgumentParser) -> None:
@@ -293,12 +304,6 @@ def run_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -312,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads (default: 1 unless 2+ cores are idle; see docs/benchmarks.md)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_coding_commands(sub)
+    _add_tokenize_command(sub)
+    _add_bitstream_commands(sub)
+    _add_convert_official_command(sub)
+    _add_optional_commands(sub)
+    return parser
 
+
+def _add_coding_commands(sub: argparse._SubParsersAction) -> None:
+    """encode, decode, roundtrip: audio <-> .ssc, one file or a directory tree."""
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
     p.add_argument("input", help="audio file, directory, or - for stdin")
     p.add_argument("output", help=".ssc file, directory (a.flac -> a.flac.ssc), or - for stdout")
@@ -350,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     _report_arg(p)
     p.set_defaults(func=run_roundtrip)
 
+
+def _add_tokenize_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
     p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
     p.add_argument("-o", "--output", required=True, help="output folder for the shards")
@@ -366,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
     p.set_defaults(func=run_tokenize)
 
+
+def _add_bitstream_commands(sub: argparse._SubParsersAction) -> None:
+    """info, models, transcode: no audio is coded."""
     p = sub.add_parser("info", help="describe an .ssc file")
     p.add_argument("input", help=".ssc file, or - for stdin")
     p.set_defaults(func=run_info)
@@ -380,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
     p.set_defaults(func=run_transcode)
 
+
+def _add_convert_official_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert-official", help="import Google's released weights")
     p.add_argument("--encoder", help="encoder.safetensors (params/encoder/...)")
     p.add_argument("--decoder", help="decoder.safetensors (resources/spectrostream/)")
@@ -391,15 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
 
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """evaluate, train, data, export-onnx: each module adds its own; skipped when an optional
+    extra it needs (e.g. tensorboard) is not installed."""
     for module in ("evaluation.cli", "train.cli", "data.cli", "onnx_export"):
         try:
             mod = __import__(f"spectrostream.{module}", fromlist=["add_parser"])
-        except ModuleNotFoundError as e:  # optional extras (e.g. tensorboard) not installed
+        except ModuleNotFoundError as e:
             if not (e.name or "").startswith("spectrostream"):
                 continue
             raise
         mod.add_parser(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
