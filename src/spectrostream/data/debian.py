@@ -360,6 +360,134 @@ _DECODE_ERRORS = (
 )
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A candidate that is new, long enough and readable: 48 kHz stereo, with its hashes."""
+
+    byte_hash: str  # "bytes:<sha256 of the file>"
+    audio_hash: str  # sha256 of the decoded source audio
+    stereo: np.ndarray  # float32 [2, T] at 48 kHz
+    source_sample_rate: int
+    source_channels: int
+
+
+@dataclass
+class _Outcomes:
+    """What one package's candidates became, in scan order."""
+
+    tracks: list[TrackRecord] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    too_short: list[tuple[str, float]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def report(self, package: ExtractedPackage, candidates: int) -> PackageReport:
+        return PackageReport(
+            package=package.name,
+            version=package.version,
+            licences=tuple(sorted({t.licence for t in self.tracks})),
+            tracks=tuple(self.tracks),
+            duplicates=tuple(self.duplicates),
+            too_short=tuple(self.too_short),
+            failed=tuple(self.failed),
+            candidates=candidates,
+            seconds=round(sum(t.duration_s for t in self.tracks), 3),
+        )
+
+
+def _decode_new(
+    root: Path,
+    candidate: AudioCandidate,
+    seen_hashes: dict[str, str],
+    min_duration_s: float,
+    outcomes: _Outcomes,
+) -> _Decoded | None:
+    """The candidate decoded, or None after recording why it is skipped (duplicate bytes or
+    audio, too short, unreadable). An audio duplicate also files its byte hash under the owner."""
+    source = candidate.source_path
+    try:
+        data = read_candidate(root, candidate)
+        byte_hash = "bytes:" + hashlib.sha256(data).hexdigest()
+        if byte_hash in seen_hashes:
+            outcomes.duplicates.append((source, seen_hashes[byte_hash]))
+            return None
+        audio, rate = audio_io.read_audio(data)
+        duration_s = audio.shape[1] / rate
+        if duration_s < min_duration_s:
+            outcomes.too_short.append((source, round(duration_s, 3)))
+            return None
+        audio_hash = hashlib.sha256(np.ascontiguousarray(audio).tobytes()).hexdigest()
+        if "audio:" + audio_hash in seen_hashes:
+            seen_hashes[byte_hash] = seen_hashes["audio:" + audio_hash]
+            outcomes.duplicates.append((source, seen_hashes[byte_hash]))
+            return None
+        stereo = to_stereo_48k(audio, rate)
+    except _DECODE_ERRORS as err:
+        outcomes.failed.append((source, f"{type(err).__name__}: {err}"))
+        return None
+    return _Decoded(byte_hash, audio_hash, stereo, rate, int(audio.shape[0]))
+
+
+def _write_track(out_dir: Path, rel_file: str, stereo: np.ndarray) -> None:
+    """16-bit FLAC at out_dir/rel_file, written beside and renamed: a reader (e.g. `data pack`)
+    never sees a half-written file. Clipped (resampler overshoot) and rounded, never wrapped
+    (see audio_io)."""
+    target = out_dir / rel_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.stem}.partial{target.suffix}")
+    audio_io.write_audio(partial, stereo, SAMPLE_RATE, subtype="PCM_16")
+    os.replace(partial, target)
+
+
+def _add_track(
+    package: ExtractedPackage,
+    candidate: AudioCandidate,
+    decoded: _Decoded,
+    out_dir: Path,
+    licence: str,
+    valid_percent: float,
+) -> TrackRecord:
+    """Writes the track's FLAC file and returns its record."""
+    track_id = f"{package.name}/{candidate.source_path}"
+    split = split_for(track_id, valid_percent)
+    stem = _safe_name(Path(candidate.source_path.replace(ARCHIVE_SEPARATOR, "/")).stem)
+    digest = hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:8]
+    rel_file = f"{split}/{package.name}/{stem}-{digest}.flac"
+    _write_track(out_dir, rel_file, decoded.stereo)
+    return TrackRecord(
+        track_id=track_id,
+        split=split,
+        file=rel_file,
+        package=package.name,
+        package_version=package.version,
+        source_path=candidate.source_path,
+        duration_s=round(decoded.stereo.shape[1] / SAMPLE_RATE, 3),
+        source_sample_rate=decoded.source_sample_rate,
+        source_channels=decoded.source_channels,
+        licence=licence,
+        audio_sha256=decoded.audio_hash,
+    )
+
+
+def _remove_stale_tracks(out_dir: Path, package: str, tracks: list[TrackRecord]) -> None:
+    """Deletes files of an earlier build of this package that this build did not make."""
+    written = {out_dir / t.file for t in tracks}
+    for split in ("train", "valid"):
+        folder = out_dir / split / package
+        if folder.is_dir():
+            for stale in folder.iterdir():
+                if stale not in written:
+                    stale.unlink()
+
+
+def _save_package(out_dir: Path, report: PackageReport, copyright_path: Path) -> None:
+    """out_dir/licences/PKG.copyright and out_dir/packages/PKG.json."""
+    (out_dir / "licences").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(copyright_path, out_dir / "licences" / f"{report.package}.copyright")
+    (out_dir / "packages").mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / "packages" / f"{report.package}.json"
+    _write_atomic(report_path, json.dumps(report.to_json(), indent=1) + "\n")
+
+
 def process_package(
     package: ExtractedPackage,
     out_dir: Path,
@@ -378,85 +506,21 @@ def process_package(
     """
     copyright_info, copyright_path = read_copyright(package)
     candidates = scan_audio(package.root)
-    tracks: list[TrackRecord] = []
-    duplicates: list[tuple[str, str]] = []
-    too_short: list[tuple[str, float]] = []
-    failed: list[tuple[str, str]] = []
+    outcomes = _Outcomes()
     bar = tqdm(candidates, desc=package.name, unit="file", disable=not progress, mininterval=2.0)
     for candidate in bar:
-        track_id = f"{package.name}/{candidate.source_path}"
-        try:
-            data = read_candidate(package.root, candidate)
-            byte_hash = "bytes:" + hashlib.sha256(data).hexdigest()
-            if byte_hash in seen_hashes:
-                duplicates.append((candidate.source_path, seen_hashes[byte_hash]))
-                continue
-            audio, rate = audio_io.read_audio(data)
-            duration_s = audio.shape[1] / rate
-            if duration_s < min_duration_s:
-                too_short.append((candidate.source_path, round(duration_s, 3)))
-                continue
-            audio_hash = hashlib.sha256(np.ascontiguousarray(audio).tobytes()).hexdigest()
-            if "audio:" + audio_hash in seen_hashes:
-                seen_hashes[byte_hash] = seen_hashes["audio:" + audio_hash]
-                duplicates.append((candidate.source_path, seen_hashes[byte_hash]))
-                continue
-            stereo = to_stereo_48k(audio, rate)
-        except _DECODE_ERRORS as err:
-            failed.append((candidate.source_path, f"{type(err).__name__}: {err}"))
+        decoded = _decode_new(package.root, candidate, seen_hashes, min_duration_s, outcomes)
+        if decoded is None:
             continue
-        split = split_for(track_id, valid_percent)
-        stem = _safe_name(Path(candidate.source_path.replace(ARCHIVE_SEPARATOR, "/")).stem)
-        digest = hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:8]
-        rel_file = f"{split}/{package.name}/{stem}-{digest}.flac"
-        target = out_dir / rel_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside and rename: a reader (e.g. `data pack`) never sees a half-written file.
-        # 16-bit: clipped (resampler overshoot) and rounded, never wrapped (see audio_io).
-        partial = target.with_name(f"{target.stem}.partial{target.suffix}")
-        audio_io.write_audio(partial, stereo, SAMPLE_RATE, subtype="PCM_16")
-        os.replace(partial, target)
-        seen_hashes[byte_hash] = track_id
-        seen_hashes["audio:" + audio_hash] = track_id
-        tracks.append(
-            TrackRecord(
-                track_id=track_id,
-                split=split,
-                file=rel_file,
-                package=package.name,
-                package_version=package.version,
-                source_path=candidate.source_path,
-                duration_s=round(stereo.shape[1] / SAMPLE_RATE, 3),
-                source_sample_rate=rate,
-                source_channels=int(audio.shape[0]),
-                licence=copyright_info.licence_for(candidate.licence_path),
-                audio_sha256=audio_hash,
-            )
-        )
+        licence = copyright_info.licence_for(candidate.licence_path)
+        track = _add_track(package, candidate, decoded, out_dir, licence, valid_percent)
+        seen_hashes[decoded.byte_hash] = track.track_id
+        seen_hashes["audio:" + decoded.audio_hash] = track.track_id
+        outcomes.tracks.append(track)
     bar.close()
-    written = {out_dir / t.file for t in tracks}
-    for split in ("train", "valid"):  # files of an earlier build that this one did not make
-        folder = out_dir / split / package.name
-        if folder.is_dir():
-            for stale in folder.iterdir():
-                if stale not in written:
-                    stale.unlink()
-    report = PackageReport(
-        package=package.name,
-        version=package.version,
-        licences=tuple(sorted({t.licence for t in tracks})),
-        tracks=tuple(tracks),
-        duplicates=tuple(duplicates),
-        too_short=tuple(too_short),
-        failed=tuple(failed),
-        candidates=len(candidates),
-        seconds=round(sum(t.duration_s for t in tracks), 3),
-    )
-    (out_dir / "licences").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(copyright_path, out_dir / "licences" / f"{package.name}.copyright")
-    (out_dir / "packages").mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / "packages" / f"{package.name}.json"
-    _write_atomic(report_path, json.dumps(report.to_json(), indent=1) + "\n")
+    _remove_stale_tracks(out_dir, package.name, outcomes.tracks)
+    report = outcomes.report(package, len(candidates))
+    _save_package(out_dir, report, copyright_path)
     return report
 
 
