@@ -223,12 +223,12 @@ def _failures(report: EvalReport) -> list[str]:
     return lines
 
 
-def render_markdown(report: EvalReport) -> str:
+def _md_header(report: EvalReport) -> list[str]:
+    """Title and the run's facts: date, machine, clips, rates, model, versions, runtime."""
     env = report.environment
     settings = report.settings
-    stats = summary(report)
     model = report.model or {}
-    lines = [
+    return [
         "# SpectroStream quality report",
         "",
         f"- date: {env.get('date_utc')}; machine: {env.get('host')} ({env.get('cpu')})",
@@ -243,8 +243,13 @@ def render_markdown(report: EvalReport) -> str:
         f"- runtime: {report.seconds:.0f} s",
         "",
     ]
-    if settings.visqol:
-        ceiling = stats["ceiling_visqol_speech"]
+
+
+def _md_headline(report: EvalReport) -> list[str]:
+    """The paper-shaped ViSQOL speech table with its ceiling, and the Opus floor note."""
+    lines: list[str] = []
+    if report.settings.visqol:
+        ceiling = summary(report)["ceiling_visqol_speech"]
         lines += [f"## {_METRICS[0][1]}", "", *_table(report, "visqol_speech", 2, True), ""]
         if ceiling is not None:
             lines += [
@@ -262,7 +267,11 @@ def render_markdown(report: EvalReport) -> str:
             f"\\* requested total rate below Opus's {floor} kbps floor; coded at {floor} kbps.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _md_bit_rates(report: EvalReport) -> list[str]:
+    return [
         "## Bit rate (kbps, total over channels)",
         "",
         (
@@ -274,15 +283,30 @@ def render_markdown(report: EvalReport) -> str:
         *_rate_table(report),
         "",
     ]
+
+
+def _md_metrics(report: EvalReport) -> list[str]:
+    """One table per other metric, then ViSQOL per clip (ViSQOL ones only when computed)."""
+    lines: list[str] = []
     for key, title, digits, note in _METRICS[1:]:
-        if key.startswith("visqol") and not settings.visqol:
+        if key.startswith("visqol") and not report.settings.visqol:
             continue
         lines += [f"## {title}", "", note, "", *_table(report, key, digits), ""]
-    if settings.visqol:
+    if report.settings.visqol:
         lines += ["## ViSQOL speech mode per clip", "", *_per_clip_table(report), ""]
-    failures = _failures(report)
-    lines += ["## Failures", "", *(failures or ["none"]), ""]
-    lines += [
+    return lines
+
+
+def render_markdown(report: EvalReport) -> str:
+    lines = [
+        *_md_header(report),
+        *_md_headline(report),
+        *_md_bit_rates(report),
+        *_md_metrics(report),
+        "## Failures",
+        "",
+        *(_failures(report) or ["none"]),
+        "",
         "Metric definitions: `spectrostream/evaluation/metrics.py`, docs/quality.md.",
         "Listening page: index.html.",
         "",
