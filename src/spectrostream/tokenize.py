@@ -225,6 +225,60 @@ def _metadata(codec: Codec, levels: int) -> dict[str, str]:
     }
 
 
+def _plan(
+    root: Path, out: Path, shard_files: int, rank: int, world: int
+) -> tuple[list[list[str]], dict[int, Path]]:
+    """(every shard's file names, this rank's shard paths); refuses another run's split and
+    creates the output folder."""
+    if out.exists() and not out.is_dir():
+        raise TokenizeError(f"{out}: exists and is not a folder; -o names a folder for the shards")
+    names = list_audio(root)
+    plan = [names[i : i + shard_files] for i in range(0, len(names), shard_files)]
+    if out.is_dir():
+        _check_split(out, len(plan))
+    paths = {k: out / shard_name(k, len(plan)) for k in range(rank, len(plan), world)}
+    out.mkdir(parents=True, exist_ok=True)
+    return plan, paths
+
+
+def _skip_finished(
+    plan: list[list[str]], paths: dict[int, Path], codec: Codec, levels: int, report: Report
+) -> list[int]:
+    """Counts (and checks) the shards already written; returns the ones still to do."""
+    for k, path in paths.items():
+        if path.exists():
+            report.failed += [tuple(f) for f in _check_finished(path, plan[k], codec, levels)]
+            report.shards_skipped += 1
+    return [k for k, path in paths.items() if not path.exists()]
+
+
+def _clips(root: Path, names: list[str], channels: int, workers: int) -> Iterator[Clip]:
+    """The files decoded in order on ``workers`` processes. One loader for all pending shards:
+    workers decode ahead across shard boundaries, and at most batch + 2 * workers decoded
+    files are held at a time."""
+    loader = DataLoader(
+        _Files(root, names, channels),
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+    )
+    return iter(loader)
+
+
+def _counter(report: Report, bar) -> Callable[[Clip], None]:
+    """Per-file callback: adds a coded file to the report and moves the progress bar."""
+
+    def on_file(clip: Clip) -> None:
+        if clip.error is None:  # a failure is counted in report.failed, not as coded
+            report.files += 1
+        report.audio_seconds += clip.num_samples / clip.sample_rate if clip.sample_rate else 0.0
+        bar.set_postfix_str(f"{report.audio_seconds / 3600:.2f} h of audio", refresh=False)
+        bar.update(1)
+
+    return on_file
+
+
 def tokenize(
     codec: Codec,
     root: str | Path,
@@ -245,40 +299,13 @@ def tokenize(
 
     if batch < 1 or shard_files < 1 or workers < 0:
         raise TokenizeError("--batch and --shard-files must be >= 1, --workers >= 0")
-    root, out = Path(root), Path(out)
-    if out.exists() and not out.is_dir():
-        raise TokenizeError(f"{out}: exists and is not a folder; -o names a folder for the shards")
-    names = list_audio(root)
-    plan = [names[i : i + shard_files] for i in range(0, len(names), shard_files)]
-    if out.is_dir():
-        _check_split(out, len(plan))
-    paths = {k: out / shard_name(k, len(plan)) for k in range(rank, len(plan), world)}
-    out.mkdir(parents=True, exist_ok=True)
+    root = Path(root)
+    plan, paths = _plan(root, Path(out), shard_files, rank, world)
     report = Report()
-    for k, path in paths.items():
-        if path.exists():
-            report.failed += [tuple(f) for f in _check_finished(path, plan[k], codec, levels)]
-            report.shards_skipped += 1
-    todo = [k for k, path in paths.items() if not path.exists()]
-    # One loader for all pending shards: workers decode ahead across shard boundaries, and at
-    # most batch + 2 * workers decoded files are held at a time.
-    loader = DataLoader(
-        _Files(root, [name for k in todo for name in plan[k]], codec.channels),
-        batch_size=None,
-        collate_fn=_identity,
-        num_workers=workers,
-        prefetch_factor=2 if workers else None,
-    )
-    clips_in = iter(loader)
+    todo = _skip_finished(plan, paths, codec, levels, report)
+    clips_in = _clips(root, [name for k in todo for name in plan[k]], codec.channels, workers)
     bar = tqdm(total=sum(len(plan[k]) for k in todo), unit="file", disable=not progress or None)
-
-    def on_file(clip: Clip) -> None:
-        if clip.error is None:  # a failure is counted in report.failed, not as coded
-            report.files += 1
-        report.audio_seconds += clip.num_samples / clip.sample_rate if clip.sample_rate else 0.0
-        bar.set_postfix_str(f"{report.audio_seconds / 3600:.2f} h of audio", refresh=False)
-        bar.update(1)
-
+    on_file = _counter(report, bar)
     meta = _metadata(codec, levels)
     with bar:
         for k in todo:
