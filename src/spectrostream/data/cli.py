@@ -16,12 +16,16 @@ from spectrostream.data.pack import PackOptions, write_pack
 from spectrostream.errors import exit_status
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data` subcommand (with `debian` and `pack`) to an argparse subparsers object."""
     data = subparsers.add_parser("data", help="build training data (Debian corpus, GPU pack)")
     sub = data.add_subparsers(dest="data_command", metavar="{debian,pack}")
     sub.required = True
+    _add_debian(sub)
+    _add_pack(sub)
 
+
+def _add_debian(sub: argparse._SubParsersAction) -> None:
     deb = sub.add_parser(
         "debian",
         help="build a 48 kHz stereo FLAC corpus from Debian's game-music packages",
@@ -53,6 +57,8 @@ def add_parser(subparsers) -> None:
     deb.add_argument("--no-progress", action="store_true", help="no progress bars")
     deb.set_defaults(func=run_debian)
 
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
     pack = sub.add_parser(
         "pack",
         help="write a compact Ogg Vorbis subset of a corpus (for the GPU machine)",
