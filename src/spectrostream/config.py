@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError, UsageError
 
@@ -68,6 +68,42 @@ def levels_for_kbps(kbps: float, kbps_per_level: float, max_levels: int) -> int:
             f"({max_levels} levels of {kbps_per_level:g} kbps)"
         )
     return levels
+
+
+_D = TypeVar("_D")
+
+
+# ---- frozen dataclass <-> JSON object (shared by every config) ------------------------------
+def plain_dict(config: Any) -> dict[str, Any]:
+    """A frozen dataclass as a JSON-ready dict: nested dataclasses as dicts, tuples as lists."""
+    return _plain(asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_plain_dict(
+    cls: type[_D], d: dict[str, Any], error: type[Exception], unknown: str, prefix: str = ""
+) -> _D:
+    """``cls(**d)`` for a flat frozen dataclass read from JSON: lists become tuples again.
+
+    Keys that are not fields raise ``error(f"{unknown}: [sorted keys]")``; arguments the
+    constructor rejects raise ``error(prefix + its message)``. The caller checks that ``d``
+    is a dict (and says what it should have been).
+    """
+    extra = set(d) - {f.name for f in fields(cls)}
+    if extra:
+        raise error(f"{unknown}: {sorted(extra)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise error(f"{prefix}{e}") from e
 
 
 @dataclass(frozen=True)
@@ -130,11 +166,7 @@ class ModelConfig:
 
     # ---- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return plain_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -145,15 +177,7 @@ class ModelConfig:
             raise ConfigError("model config must be a JSON object")
         if "num_quantizers" in d and "num_levels" not in d:  # its name in files before 0.2
             d = {("num_levels" if k == "num_quantizers" else k): v for k, v in d.items()}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        try:
-            return cls(**kw)
-        except TypeError as e:
-            raise ConfigError(str(e)) from e
+        return from_plain_dict(cls, d, ConfigError, "unknown model config fields")
 
     @classmethod
     def from_json(cls, s: str) -> ModelConfig:
