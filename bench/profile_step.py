@@ -1,21 +1,26 @@
 """Where the time of one 40 ms streaming step goes (encoder push + decoder push), by operator.
 
     python bench/profile_step.py --config official --threads 1 --steps 6
-Prints a breakdown by category (convolutions, transposed convolutions, RVQ search, buffer
+Prints the wall time of each stage (STFT, networks, RVQ search/decode, iSTFT), then, under the
+profiler, a breakdown by category (convolutions, transposed convolutions, RVQ search, buffer
 copies, ELU, the rest) in ms per step, and the slowest operator/shape pairs.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections import defaultdict
+from contextlib import ExitStack
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spectrostream import layers
-from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config
+from spectrostream import layers, load
+from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
+from spectrostream.streaming import streaming
 
 CATEGORIES = (
     ("conv2d", ("convolution_pointwise", "mkldnn_convolution", "slow_conv2d", "thnn_conv2d")),
@@ -24,6 +29,7 @@ CATEGORIES = (
     ("state concat (cat)", ("aten::cat",)),
     ("copies (contiguous/pad)", ("aten::copy_", "constant_pad_nd")),
     ("ELU", ("aten::elu",)),
+    ("allocation (empty/zeros)", ("aten::empty", "aten::zeros", "aten::new_")),
     ("FFT", ("fft",)),
 )
 
@@ -35,9 +41,42 @@ def category(name: str) -> str:
     return "other"
 
 
+def print_stages(model: SpectroStream, audio: torch.Tensor, steps: int) -> None:
+    """Wall time per stage of a 40 ms step (no profiler): STFT, encoder network, RVQ search,
+    RVQ decode, decoder network, trim + iSTFT; medians over ``steps`` after 4 warm-up steps."""
+    n, stages = SAMPLES_PER_CODE, defaultdict(list)
+    names = ("STFT", "encoder network", "RVQ search", "RVQ decode", "decoder network", "iSTFT")
+    parts = (model.stft, model.encoder, model.decoder, model.trim, model.istft)
+    with torch.inference_mode(), ExitStack() as stack:
+        for m in parts:
+            stack.enter_context(streaming(m))
+        for i in range(4 + steps):
+            lo = 0 if i == 0 else 480 + i * n  # whole code frames: 2400 samples, then 1920
+            t = [time.perf_counter()]
+            spec = model.stft(audio[..., lo : 480 + (i + 1) * n])
+            t.append(time.perf_counter())
+            emb = model.encoder(spec)
+            t.append(time.perf_counter())
+            codes = model.quantizer.encode(emb)
+            t.append(time.perf_counter())
+            deq = model.quantizer.decode(codes)
+            t.append(time.perf_counter())
+            out = model.decoder(deq)
+            t.append(time.perf_counter())
+            model.istft(model.trim(out))
+            t.append(time.perf_counter())
+            if i >= 4:
+                for k, name in enumerate(names):
+                    stages[name].append(t[k + 1] - t[k])
+    print("| stage | ms / step (median) |\n|---|---:|")
+    for name in names:
+        print(f"| {name} | {1e3 * statistics.median(stages[name]):.1f} |")
+    print()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", choices=("official", "small"), default="official")
+    p.add_argument("--config", choices=("official", "small", "default", "tiny"), default="official")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=6, help="profiled steps (after 4 warm-up steps)")
     p.add_argument("--no-prepack", action="store_true")
@@ -46,8 +85,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     layers.PREPACK_CPU = not args.no_prepack
     torch.manual_seed(0)
-    cfg = official_config() if args.config == "official" else small_config()
-    model = SpectroStream(cfg).eval()
+    if args.config == "default":
+        model = load().model.eval()
+    elif args.config == "tiny":
+        model = SpectroStream(tiny_config(num_levels=64, codebook_size=1024))
+    else:
+        model = SpectroStream(official_config() if args.config == "official" else small_config())
+    model.eval()
+    cfg = model.config
     n = SAMPLES_PER_CODE
     audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 4) * n)
     with torch.inference_mode(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
@@ -56,6 +101,7 @@ def main() -> int:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for i in range(4, 4 + args.steps):
                 dec.push(enc.push(audio[..., i * n : (i + 1) * n]))
+    print_stages(model, audio, args.steps)
     events = prof.key_averages(group_by_input_shape=True)
     per_cat: dict[str, float] = defaultdict(float)
     total = 0.0

@@ -1,64 +1,80 @@
-"""CPU inference speed: real-time factor of offline and streaming coding, per-step latency.
+"""CPU inference speed, side by side in one process: real-time factors and per-step latency.
 
-Measures, for one model config with random weights (speed does not depend on the values):
-  * offline encode (audio -> codes, all levels) and offline decode (codes -> audio) of
-    ``--seconds`` of stereo audio, as the real-time factor RTF = audio seconds / wall seconds
-    (> 1 is faster than real time);
-  * streaming: one 40 ms step = push 1920 samples into the streaming encoder, push the code
-    frame it returns into the streaming decoder (the codec's 40 ms step mode); per-step latency
-    p50/p90/p99 and RTF = 40 ms / mean step time;
-  * achieved GFLOP/s (conv and matmul FLOPs counted once with torch's FlopCounterMode) next to
-    a 2048 x 2048 fp32 matmul measured in the same process just before and after, which says
-    how much of the CPU this process actually got (other jobs may share the machine);
-  * the 1-minute load average before and after.
+For one model (``--config official|small`` with random weights: speed does not depend on the
+values; ``default`` = the shipped model) and one thread count, measured interleaved so that
+every variant sees the same machine load:
+  * offline (the plain functional forward over the whole clip, the compute-bound reference):
+    ``model.encode`` / ``model.decode`` of ``--seconds`` of stereo, now and at the baseline
+    revision;
+  * streaming, one 40 ms step = push 1920 samples into the streaming encoder, push the code
+    frame into the streaming decoder (all 64 levels): this code ("now"), the code at
+    ``--baseline-rev`` ("baseline", imported from git as a separate package), and the ONNX
+    Runtime step graphs (``spectrostream export-onnx``) with the same PyTorch STFT, RVQ and
+    iSTFT around them ("onnxruntime"). Steps rotate through the variants;
+  * a 2048 x 2048 fp32 matmul before and after (what this process could get of the CPU) and
+    the 1-minute load average.
 
     python bench/speed.py --config official --threads 1
-    python bench/speed.py --config small --threads 2 --no-prepack   # stock PyTorch conv path
-Prints a JSON object and a markdown table row; writes the JSON to ``--out`` (default
-bench/results/speed_<config>_t<threads>[_<options>].json).
+RTF = audio seconds / wall seconds (> 1 is faster than real time); streaming RTF = 40 ms / mean
+step. Prints JSON and markdown rows; writes bench/results/speed_<config>_t<threads>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import spectrostream  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import torch
+
+# isort: on
 from torch.utils.flop_counter import FlopCounterMode
 
-from spectrostream import layers
-from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config
+from spectrostream import load
+from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
+from spectrostream.decoder import LookaheadTrim
+from spectrostream.dsp import ISTFT, STFT
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
+from spectrostream.streaming import set_streaming
 
 STEP_S = SAMPLES_PER_CODE / 48000  # 40 ms
-CONFIGS = {"official": official_config, "small": small_config}
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_name() -> str:
+def build_model(name: str) -> SpectroStream:
+    if name == "default":
+        return load().model.eval()
+    torch.manual_seed(0)
+    if name == "tiny":  # the same op count per step with almost no compute: the overhead floor
+        return SpectroStream(tiny_config(num_levels=64, codebook_size=1024)).eval()
+    cfg = official_config() if name == "official" else small_config()
+    return SpectroStream(cfg).eval()
+
+
+def cpu_info() -> dict:
+    name, flags = platform.processor() or "unknown", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+                name = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+                flags = sorted(
+                    f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma"))
+                )
     except OSError:
         pass
-    return []
+    return {"cpu": name, "logical_cpus": os.cpu_count(), "flags": flags}
 
 
 def matmul_gflops(n: int = 2048, reps: int = 3) -> float:
@@ -74,8 +90,7 @@ def matmul_gflops(n: int = 2048, reps: int = 3) -> float:
 
 
 def count_flops(model: SpectroStream, seconds: float = 2.0) -> tuple[float, float]:
-    """(encoder, decoder) FLOPs per second of stereo audio (convs and matmuls; grad mode on so
-    the stock aten ops are the ones counted)."""
+    """(encoder, decoder) FLOPs per second of stereo audio (convs and matmuls)."""
     audio = torch.randn(1, model.config.audio_channels, int(48000 * seconds)) * 0.1
     with torch.enable_grad(), FlopCounterMode(display=False) as fc:
         emb = model.encode_embeddings(audio)
@@ -87,83 +102,162 @@ def count_flops(model: SpectroStream, seconds: float = 2.0) -> tuple[float, floa
     return enc / seconds, fc.get_total_flops() / seconds
 
 
+# ---- variants: each is an object with step(block) and offline(audio) ---------------------
+class Now:
+    name = "now"
+
+    def __init__(self, model: SpectroStream) -> None:
+        self.model = model
+        self.enc, self.dec = StreamingEncoder(model), StreamingDecoder(model)
+
+    def step(self, block: torch.Tensor) -> None:
+        self.dec.push(self.enc.push(block))
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        self.enc.close(), self.dec.close()  # one stream per model: reopened below
+        t0 = time.perf_counter()
+        codes = self.model.encode(audio)
+        t1 = time.perf_counter()
+        self.model.decode(codes)
+        t2 = time.perf_counter()
+        self.enc, self.dec = StreamingEncoder(self.model), StreamingDecoder(self.model)
+        return t1 - t0, t2 - t1
+
+
+class Int8(Now):
+    """Static int8 convolutions (spectrostream.int8), calibrated on 5 s of a real clip."""
+
+    name = "int8"
+
+    def __init__(self, model: SpectroStream) -> None:
+        import copy
+
+        from spectrostream import audio_io
+        from spectrostream.int8 import quantize_int8
+
+        clip = ROOT.parent / "shared" / "eval" / "hungarian_dance_5.flac"
+        cal = audio_io.read_audio(clip, sample_rate=48000)[0][: model.config.audio_channels]
+        cal = torch.from_numpy(cal[:, : 5 * 48000])[None].float()
+        super().__init__(quantize_int8(copy.deepcopy(model), cal))
+
+
+def import_baseline(rev: str) -> object:
+    """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ss_baseline_"))
+    tar = tmp / "src.tar"
+    with tar.open("wb") as f:
+        subprocess.run(["git", "archive", rev, "src/spectrostream"], cwd=ROOT, stdout=f, check=True)
+    with tarfile.open(tar) as t:
+        t.extractall(tmp, filter="data")
+    (tmp / "src" / "spectrostream").rename(tmp / "spectrostream_baseline")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("spectrostream_baseline.model")
+
+
+class Baseline(Now):
+    name = "baseline"
+
+    def __init__(self, model: SpectroStream, rev: str) -> None:
+        old = import_baseline(rev)
+        m = old.SpectroStream(model.config).eval()
+        m.load_state_dict(model.state_dict())
+        self.old, self.model = old, m
+        self.enc, self.dec = old.StreamingEncoder(m), old.StreamingDecoder(m)
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        self.enc.close(), self.dec.close()
+        t0 = time.perf_counter()
+        codes = self.model.encode(audio)
+        t1 = time.perf_counter()
+        self.model.decode(codes)
+        t2 = time.perf_counter()
+        self.enc, self.dec = (
+            self.old.StreamingEncoder(self.model),
+            self.old.StreamingDecoder(self.model),
+        )
+        return t1 - t0, t2 - t1
+
+
+class Onnx:
+    """ONNX Runtime step graphs, with this package's STFT, RVQ and iSTFT around them."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: SpectroStream, threads: int) -> None:
+        import onnxruntime as ort
+
+        from spectrostream.codec import Codec
+        from spectrostream.onnx_export import export_onnx
+
+        d = Path(tempfile.mkdtemp(prefix="ss_onnx_"))
+        export_onnx(Codec(model), d)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.sess = [
+            ort.InferenceSession(str(d / f"{p}_step.onnx"), opts) for p in ("encoder", "decoder")
+        ]
+        self.names = [[i.name for i in s.get_inputs()] for s in self.sess]
+        self.state = [[torch.zeros(i.shape).numpy() for i in s.get_inputs()[1:]] for s in self.sess]
+        self.q = model.quantizer
+        self.stft, self.trim, self.istft = STFT(), LookaheadTrim(4), ISTFT()
+        for m in (self.stft, self.trim, self.istft):
+            set_streaming(m, True)
+        self.pending: torch.Tensor | None = None
+
+    def _run(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        out = self.sess[k].run(None, dict(zip(self.names[k], [x.numpy(), *self.state[k]])))
+        self.state[k] = out[1:]
+        return torch.from_numpy(out[0])
+
+    def step(self, block: torch.Tensor) -> None:
+        spec = self.stft(block)
+        if self.pending is not None:
+            spec = torch.cat([self.pending, spec], 3)
+        self.pending = spec[..., 4:, :] if spec.shape[3] > 4 else None
+        if spec.shape[3] < 4:
+            self.pending = spec
+            return
+        emb = self._run(0, spec[..., :4, :].contiguous())
+        deq = self.q.decode(self.q.encode(emb))
+        self.istft(self.trim(self._run(1, deq.contiguous())))
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        return float("nan"), float("nan")
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def bench_offline(model: SpectroStream, audio: torch.Tensor, repeats: int) -> dict[str, list]:
-    enc_t, dec_t = [], []
-    codes = model.encode(audio)  # warm-up (also packs weights for this shape)
-    model.decode(codes)
-    for _ in range(repeats):
-        t = time.perf_counter()
-        codes = model.encode(audio)
-        enc_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        model.decode(codes)
-        dec_t.append(time.perf_counter() - t)
-    return {"encode_s": enc_t, "decode_s": dec_t}
-
-
-def bench_stream(model: SpectroStream, audio: torch.Tensor, warmup: int) -> dict[str, list]:
-    steps = audio.shape[-1] // SAMPLES_PER_CODE
-    enc_t, dec_t = [], []
-    with StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
-        for i in range(steps):
-            block = audio[..., i * SAMPLES_PER_CODE : (i + 1) * SAMPLES_PER_CODE]
-            t0 = time.perf_counter()
-            codes = enc.push(block)
-            t1 = time.perf_counter()
-            dec.push(codes)
-            t2 = time.perf_counter()
-            enc_t.append(t1 - t0)
-            dec_t.append(t2 - t1)
-    return {"encode_s": enc_t[warmup:], "decode_s": dec_t[warmup:]}
-
-
-def summarize(r: dict, audio_s: float, flops: tuple[float, float]) -> dict:
-    fe, fd = flops
-    off_e, off_d = r["offline"]["encode_s"], r["offline"]["decode_s"]
-    se, sd = r["stream"]["encode_s"], r["stream"]["decode_s"]
-    step = [a + b for a, b in zip(se, sd, strict=True)]
-    mean_step = statistics.fmean(step)
+def summarize(step: list[float], off: list[tuple[float, float]], audio_s: float, gf: float) -> dict:
+    enc = [e for e, _ in off]
+    dec = [d for _, d in off]
+    mean = statistics.fmean(step)
     return {
-        "offline_encode_rtf_best": audio_s / min(off_e),
-        "offline_encode_rtf_median": audio_s / statistics.median(off_e),
-        "offline_decode_rtf_best": audio_s / min(off_d),
-        "offline_decode_rtf_median": audio_s / statistics.median(off_d),
-        "offline_encode_gflops": fe * audio_s / min(off_e) / 1e9,
-        "offline_decode_gflops": fd * audio_s / min(off_d) / 1e9,
+        "offline_encode_rtf": audio_s / min(enc) if off else None,
+        "offline_decode_rtf": audio_s / min(dec) if off else None,
+        "offline_roundtrip_rtf": audio_s / min(e + d for e, d in off) if off else None,
         "stream_step_ms_p50": 1e3 * pct(step, 0.5),
         "stream_step_ms_p90": 1e3 * pct(step, 0.9),
         "stream_step_ms_p99": 1e3 * pct(step, 0.99),
-        "stream_step_ms_min": 1e3 * min(step),
-        "stream_encode_ms_p50": 1e3 * pct(se, 0.5),
-        "stream_decode_ms_p50": 1e3 * pct(sd, 0.5),
-        "stream_rtf_mean": STEP_S / mean_step,
-        "stream_rtf_p50": STEP_S / pct(step, 0.5),
-        "stream_gflops_p50": (fe + fd) * STEP_S / pct(step, 0.5) / 1e9,
-        "stream_real_time_p99": pct(step, 0.99) < STEP_S,
-        "stream_steps_measured": len(step),
+        "stream_rtf_mean": STEP_S / mean,
+        "stream_gflops_p50": gf * STEP_S / pct(step, 0.5) / 1e9,
+        "steps": len(step),
     }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", choices=sorted(CONFIGS), default="official")
-    p.add_argument("--seconds", type=float, default=10.0, help="audio length (default 10)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--repeats", type=int, default=3, help="offline repetitions (default 3)")
-    p.add_argument("--warmup-steps", type=int, default=5, help="streaming steps not timed")
-    p.add_argument(
-        "--no-prepack",
-        action="store_true",
-        help="stock conv path (oneDNN reorders weights on every call)",
-    )
-    p.add_argument("--no-inference-mode", action="store_true", help="torch.no_grad instead")
-    p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN (native convs)")
-    p.add_argument("--skip-offline", action="store_true")
+    p.add_argument("--config", choices=("official", "small", "default", "tiny"), default="official")
+    p.add_argument("--seconds", type=float, default=6.0, help="audio length (default 6)")
+    p.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
+    p.add_argument("--repeats", type=int, default=2, help="offline repetitions (default 2)")
+    p.add_argument("--warmup-steps", type=int, default=4, help="streaming steps not timed")
+    p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--int8", action="store_true", help="add the int8 variant")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -174,67 +268,67 @@ def main(argv: list[str] | None = None) -> int:
         print("--seconds must be >= 1 and --threads >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    layers.PREPACK_CPU = not args.no_prepack
-    torch.backends.mkldnn.enabled = not args.no_mkldnn
-    torch.manual_seed(0)
-    model = SpectroStream(CONFIGS[args.config]()).eval()
-    flops = count_flops(model)
-
-    steps = max(int(args.seconds / STEP_S), args.warmup_steps + 10)
-    audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE)
+    model = build_model(args.config)
+    fe, fd = count_flops(model)
+    ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
+    int8 = [Int8(model)] if args.int8 else []
+    variants: list = [Now(model)]
+    if args.baseline_rev != "none":
+        variants.append(Baseline(model, args.baseline_rev))
+    variants += ort + int8
+    steps = max(int(args.seconds / STEP_S), 10)
+    g = torch.Generator().manual_seed(1)
+    audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
     audio_s = audio.shape[-1] / 48000
     load0, ref0 = os.getloadavg(), matmul_gflops()
-    ctx = torch.no_grad() if args.no_inference_mode else torch.inference_mode()
-    raw: dict = {}
-    with ctx:
-        if not args.skip_offline:
-            raw["offline"] = bench_offline(model, audio, args.repeats)
-        raw["stream"] = bench_stream(model, audio, args.warmup_steps)
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    offline: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
+    with torch.inference_mode():
+        for r in range(args.repeats + 1):  # the first round is a warm-up
+            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                t = v.offline(audio)
+                if r and t[0] == t[0]:
+                    offline[v.name].append(t)
+        for i in range(args.warmup_steps + steps):
+            block = audio[..., (i % steps) * SAMPLES_PER_CODE : (i % steps + 1) * SAMPLES_PER_CODE]
+            k = i % len(variants)
+            for v in variants[k:] + variants[:k]:
+                t = time.perf_counter()
+                v.step(block)
+                if i >= args.warmup_steps:
+                    times[v.name].append(time.perf_counter() - t)
     ref1, load1 = matmul_gflops(), os.getloadavg()
-    if args.skip_offline:
-        raw["offline"] = {"encode_s": [float("nan")], "decode_s": [float("nan")]}
-
-    opts = [
-        o
-        for o, on in (
-            ("noprepack", args.no_prepack),
-            ("nograd", args.no_inference_mode),
-            ("nomkldnn", args.no_mkldnn),
-        )
-        if on
-    ]
     result = {
         "config": args.config,
         "threads": args.threads,
-        "options": opts,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "baseline_rev": args.baseline_rev,
         "audio_seconds": audio_s,
-        "machine": {
-            "cpu": cpu_name(),
-            "logical_cpus": os.cpu_count(),
-            "flags": cpu_flags(),
-            "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "machine": {**cpu_info(), "torch": torch.__version__},
         "load_avg_1m": [round(load0[0], 2), round(load1[0], 2)],
         "matmul2048_gflops": [round(ref0, 1), round(ref1, 1)],
-        "model_gflop_per_audio_s": {"encoder": flops[0] / 1e9, "decoder": flops[1] / 1e9},
-        **summarize(raw, audio_s, flops),
+        "model_gflop_per_audio_s": {"encoder": fe / 1e9, "decoder": fd / 1e9},
+        "variants": {
+            v.name: summarize(times[v.name], offline[v.name], audio_s, fe + fd) for v in variants
+        },
     }
-    out = args.out or Path(__file__).parent / "results" / (
-        f"speed_{args.config}_t{args.threads}" + "".join(f"_{o}" for o in opts) + ".json"
-    )
+    out = args.out or ROOT / "bench" / "results" / f"speed_{args.config}_t{args.threads}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(json.dumps(result, indent=1, default=float))
-    r = result
-    print(
-        f"| {args.config} | {args.threads} | {', '.join(opts) or 'default'} "
-        f"| {r['offline_encode_rtf_best']:.2f} | {r['offline_decode_rtf_best']:.2f} "
-        f"| {r['stream_step_ms_p50']:.0f} / {r['stream_step_ms_p90']:.0f} / "
-        f"{r['stream_step_ms_p99']:.0f} | {r['stream_rtf_mean']:.2f} "
-        f"| {r['stream_gflops_p50']:.0f} | {r['matmul2048_gflops'][0]:.0f}-"
-        f"{r['matmul2048_gflops'][1]:.0f} | {r['load_avg_1m'][0]:.1f}-{r['load_avg_1m'][1]:.1f} |"
-    )
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    for name, r in result["variants"].items():
+        off = (
+            f"{r['offline_encode_rtf']:.2f} | {r['offline_decode_rtf']:.2f}"
+            if r["offline_encode_rtf"]
+            else "- | -"
+        )
+        print(
+            f"| {args.config} | {args.threads} | {name} | {off} "
+            f"| {r['stream_step_ms_p50']:.1f} / {r['stream_step_ms_p90']:.1f} / "
+            f"{r['stream_step_ms_p99']:.1f} | **{r['stream_rtf_mean']:.2f}** "
+            f"| {r['stream_gflops_p50']:.0f} | {ref0:.0f}-{ref1:.0f} "
+            f"| {load0[0]:.1f}-{load1[0]:.1f} |"
+        )
     return 0
 
 

@@ -24,8 +24,10 @@ from spectrostream.audio_io import (
     is_audio_file_name,
     iter_audio_blocks,
     read_audio,
+    read_range,
     resample,
     resampled_length,
+    to_channels,
     to_channels_first,
     write_audio,
 )
@@ -485,6 +487,29 @@ def test_frame_range(tmp_path: Path, name: str):
         read_audio(path, start_frame=full.shape[1])
 
 
+@pytest.mark.parametrize(
+    ("name", "codec", "sample_rate"),
+    [("r.flac", None, 44_100), ("r.mp3", "libmp3lame", 44_100), ("r.opus", "libopus", 48_000)],
+)
+def test_read_range_seeks_to_the_same_samples(
+    tmp_path: Path, name: str, codec: str | None, sample_rate: int
+):
+    """Crops by seeking equal the same frames of a full decode; past the end they run short."""
+    path = tmp_path / name
+    audio = np.concatenate([chirp(2, 2 * sample_rate, sample_rate)] * 3, axis=1)  # 6 s
+    if codec is None:
+        write_audio(path, audio, sample_rate, subtype="PCM_24")
+    else:
+        encode_with_pyav(path, audio, sample_rate, codec)
+    full, _ = read_audio(path)
+    for start in (0, 700, 3 * sample_rate + 123, full.shape[1] - 2000):
+        part, rate = read_range(path, start, 4800)
+        want = full[:, start : start + 4800]
+        assert rate == sample_rate and part.shape == want.shape
+        np.testing.assert_allclose(part, want, atol=1e-3 if codec else 0)
+    assert read_range(path, full.shape[1] + 10, 100)[0].shape == (2, 0)
+
+
 def test_read_with_resampling(stereo_wav: tuple[Path, np.ndarray]):
     path, audio = stereo_wav
     decoded, rate = read_audio(path, sample_rate=16_000)
@@ -569,3 +594,28 @@ def test_extensions_and_channels_first():
     assert to_channels_first(stereo).dtype == np.float32
     with pytest.raises(ValueError, match="must be"):
         to_channels_first(np.zeros((1, 2, 3)))
+    assert to_channels_first(stereo, np.float64).dtype == np.float64
+
+
+def test_channel_policy():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(to_channels(x[:1], 2), np.repeat(x[:1], 2, axis=0))
+    assert to_channels(x, 3) is x
+    with pytest.raises(AudioError, match="clip: 3 channels; expected 2"):
+        to_channels(x, 2, name="clip")
+    with pytest.raises(AudioError, match="2 channels; expected 1"):
+        to_channels(x[:2], 1)
+    np.testing.assert_array_equal(to_channels(x, 2, downmix=True), x[:2])
+    np.testing.assert_allclose(to_channels(x[:2], 1, downmix=True), x[:2].mean(0, keepdims=True))
+    with pytest.raises(AudioError):
+        to_channels(x[:2], 3, downmix=True)
+
+
+def test_channel_policy_on_batched_tensors():
+    torch = pytest.importorskip("torch")
+    x = torch.arange(12, dtype=torch.float32).reshape(2, 1, 6)  # [B, C, T]
+    assert torch.equal(to_channels(x, 2), x.expand(2, 2, 6))
+    stereo = torch.arange(12, dtype=torch.float32).reshape(2, 6)
+    assert torch.equal(to_channels(stereo, 1, downmix=True), stereo.mean(0, keepdim=True))
+    with pytest.raises(AudioError, match="3 channels; expected 2"):
+        to_channels(torch.zeros(1, 3, 4), 2)

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 import spectrostream
-from spectrostream import bitstream
+from spectrostream import bitstream, files
 from spectrostream.audio_io import AudioError
 from spectrostream.cli import main
 from spectrostream.codec import Codec, load
@@ -30,7 +30,7 @@ def make_codec(seed: int = 0, **kw) -> Codec:
 
 @pytest.fixture(scope="module")
 def codec():
-    return make_codec(num_quantizers=16, codebook_size=1024)
+    return make_codec(num_levels=16, codebook_size=1024)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_bad_rates(codec):
 
 
 def test_other_models_file_is_rejected(codec):
-    other = make_codec(seed=1, num_quantizers=16, codebook_size=1024)
+    other = make_codec(seed=1, num_levels=16, codebook_size=1024)
     data = other.compress(tone(), 44100, levels=2)
     with pytest.raises(bitstream.BitstreamError, match="model"):
         codec.decompress(data)
@@ -143,10 +143,10 @@ def test_file_streaming_equals_in_memory(codec, tmp_path):
     x = tone(seconds=11.3)  # longer than one 5 s processing chunk
     sf.write(tmp_path / "a.wav", x.T, 44100, subtype="FLOAT")
     buf = io.BytesIO()
-    codec.encode_file(tmp_path / "a.wav", buf, levels=6)
+    files.encode_file(codec, tmp_path / "a.wav", buf, levels=6)
     assert buf.getvalue() == codec.compress(x, 44100, levels=6)
     buf.seek(0)
-    codec.decode_file(buf, tmp_path / "b.wav", subtype="FLOAT")
+    files.decode_file(codec, buf, tmp_path / "b.wav", subtype="FLOAT")
     y, sr = sf.read(tmp_path / "b.wav", dtype="float32")
     ref, _ = codec.decompress(buf.getvalue())
     assert sr == 44100 and y.shape == x.T.shape
@@ -282,7 +282,7 @@ def test_cli_directory_mirrors_tree_and_shards(model_file, tmp_path, monkeypatch
     got = sorted(
         p.relative_to(tmp_path / "codes").as_posix() for p in (tmp_path / "codes").rglob("*.ssc")
     )
-    assert got == ["a.ssc", "sub/b.ssc", "sub/deeper/c.ssc"]
+    assert got == ["a.wav.ssc", "sub/b.flac.ssc", "sub/deeper/c.ogg.ssc"]
     assert (
         main(["decode", str(tmp_path / "codes"), str(tmp_path / "wav"), "--model", str(model_file)])
         == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from spectrostream.audio_io import write_audio
 from spectrostream.data import debian, pack
 from spectrostream.data.cli import main as data_main
 from spectrostream.data.debian import (
@@ -24,7 +25,7 @@ from spectrostream.data.debian import (
     process_package,
     scan_audio,
     split_for,
-    to_stereo_48k_pcm16,
+    to_stereo_48k,
     write_manifest,
 )
 from spectrostream.data.pack import PackOptions, plan_excerpts, write_pack
@@ -214,7 +215,11 @@ def test_split_is_deterministic_and_about_five_percent():
     assert 0.035 < splits.count("valid") / len(ids) < 0.065
 
 
-def test_resampling_keeps_pitch_and_clips_instead_of_wrapping():
+def test_resampling_keeps_pitch_and_clips_instead_of_wrapping(tmp_path):
+    def to_stereo_48k_pcm16(audio: np.ndarray, rate: int) -> np.ndarray:  # as the corpus writes
+        write_audio(tmp_path / "t.flac", to_stereo_48k(audio, rate), 48000, subtype="PCM_16")
+        return sf.read(tmp_path / "t.flac", dtype="int16")[0]
+
     rate = 44100
     t = np.arange(rate) / rate
     loud = np.stack([1.2 * np.sin(2 * np.pi * 1000 * t)]).astype(np.float32)  # mono, > 0 dBFS

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_model_keeps_the_paper_rate_structure():
     codec = spectrostream.load()
     cfg = codec.config
-    assert (cfg.num_quantizers, cfg.codebook_size, cfg.embedding_dim) == (64, 1024, 256)
+    assert (cfg.num_levels, cfg.codebook_size, cfg.embedding_dim) == (64, 1024, 256)
     assert codec.frame_rate == 25 and codec.sample_rate == 48000 and codec.channels == 2
     assert codec.parts == ("encoder", "quantizer", "decoder")
     card = json.loads((MODELS_DIR / "default.json").read_text())

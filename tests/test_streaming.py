@@ -13,7 +13,7 @@ from spectrostream.streaming import get_state, set_state, streaming
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = SpectroStream(tiny_config(num_quantizers=8, codebook_size=16)).eval()
+    m = SpectroStream(tiny_config(num_levels=8, codebook_size=16)).eval()
     # Randomise the codebooks relative to the embedding scale so that every level is used.
     with torch.no_grad():
         x = torch.randn(1, 2, 48000) * 0.3
@@ -133,3 +133,93 @@ def test_one_stream_at_a_time(model):
     enc.close()
     with pytest.raises(RuntimeError, match="closed"):
         enc.push(torch.zeros(1, 2, 10))
+
+
+def _push_all(enc, x, sizes):
+    out, pos = [], 0
+    for n in sizes:
+        out.append(enc.push(x[..., pos : pos + n]))
+        pos += n
+    return out, pos
+
+
+def test_encoder_snapshot_mid_stream_continues_bit_exactly(model):
+    """A snapshot taken mid code frame (STFT samples and frames pending) restores everything:
+    the layers, the partial frames and the sample count that ``flush`` pads from."""
+    x = _audio(1.3, seed=5)
+    sizes = _chunks(x.shape[-1], "random", seed=3)
+    cut = len(sizes) // 2
+    with torch.no_grad(), StreamingEncoder(model) as enc:
+        head, pos = _push_all(enc, x, sizes[:cut])
+        snap = enc.get_state()
+        tails = []
+        for _ in range(2):  # restoring the same snapshot twice gives the same continuation
+            enc.set_state(snap)
+            more, _ = _push_all(enc, x[..., pos:], sizes[cut:])
+            tails.append(more)
+        codes = torch.cat([*head, *tails[1], enc.flush()], -1)
+        ref = model.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(tails[0], tails[1], strict=True))
+    assert torch.equal(codes, ref)
+
+
+def test_encoder_snapshot_restores_flush_padding(model):
+    """Restoring a snapshot into a fresh stream (another object) resumes with the right count."""
+    x = _audio(0.9, seed=6)
+    with torch.no_grad():
+        ref = model.encode(x)
+        with StreamingEncoder(model) as enc:
+            a = enc.push(x[..., :20001])
+            snap = enc.get_state()
+        with StreamingEncoder(model) as enc:
+            enc.set_state(snap)
+            codes = torch.cat([a, enc.push(x[..., 20001:]), enc.flush()], -1)
+    assert torch.equal(codes, ref)
+
+
+def test_decoder_snapshot_mid_stream_continues_bit_exactly(model):
+    x = _audio(1.0, seed=7)
+    with torch.no_grad():
+        codes = model.encode(x)
+        ref = model.decode(codes)
+        with StreamingDecoder(model) as dec:
+            a = dec.push(codes[..., :1])  # the look-ahead trim is still pending here
+            snap = dec.get_state()
+            b = dec.push(codes[..., 1:])
+            dec.set_state(snap)
+            c = dec.push(codes[..., 1:])
+    assert torch.equal(b, c)
+    assert torch.equal(torch.cat([a, b], -1), torch.cat([a, c], -1))
+    assert (torch.cat([a, b], -1) - ref).abs().max() < 1e-5
+
+
+def test_reset_starts_a_new_stream(model):
+    x = _audio(0.6, seed=8)
+    with torch.no_grad():
+        ref = model.encode(x)
+        with StreamingEncoder(model) as enc:
+            enc.push(torch.randn(1, 2, 5000))
+            enc.reset()
+            codes = torch.cat([enc.push(x), enc.flush()], -1)
+    assert torch.equal(codes, ref)
+
+
+def test_steady_steps_reuse_preallocated_state(model):
+    """Fed 40 ms blocks, every layer's buffer is allocated once: later steps update in place."""
+    from spectrostream.streaming import FrameBuffer
+
+    def buffers():
+        return {
+            n: m._stream_state.buf.data_ptr()
+            for n, m in model.named_modules()
+            if isinstance(getattr(m, "_stream_state", None), FrameBuffer)
+        }
+
+    x = _audio(0.6, seed=9)
+    seen = []
+    with torch.inference_mode(), StreamingEncoder(model) as enc, StreamingDecoder(model) as dec:
+        for k in range(x.shape[-1] // SAMPLES_PER_CODE):
+            dec.push(enc.push(x[..., k * SAMPLES_PER_CODE : (k + 1) * SAMPLES_PER_CODE]))
+            seen.append(buffers())
+    assert len(seen[2]) > 20  # conv, transposed-conv, STFT buffers
+    assert all(s == seen[2] for s in seen[2:])

@@ -46,4 +46,4 @@ def test_gpu_round_smoke(tmp_path):
     log = (out / "train.log").read_text()
     assert "k-means:" in log and "validation step 8" in log
     codec = load(model)
-    assert codec.model.config.num_quantizers == 8
+    assert codec.model.config.num_levels == 8

@@ -186,7 +186,7 @@ def test_init_from_exported_model_reproduces_it(trained_run, tmp_path):
 def test_init_rejects_a_different_architecture(trained_run, tmp_path):
     out = tmp_path / "model.safetensors"
     export_model(trained_run, out)
-    other = build_model(load(out).config.with_(num_quantizers=4))
+    other = build_model(load(out).config.with_(num_levels=4))
     with pytest.raises(TrainingError, match="does not match"):
         load_init_weights(other, str(out))
 

@@ -96,17 +96,17 @@ def test_stages_follow_the_step_and_kmeans_fits_every_level():
     cfg = TrainConfig(model="tiny").with_(quantizer={"ae_steps": 5, "kmeans_frames": 400})
     assert [stage(cfg, s) for s in (0, 4, 5, 9)] == ["ae", "ae", "rvq", "rvq"]
     mc = cfg.model_config()
-    rvq = QuantizerTrainer(mc.num_quantizers, mc.codebook_size, mc.embedding_dim, cfg.quantizer)
+    rvq = QuantizerTrainer(mc.num_levels, mc.codebook_size, mc.embedding_dim, cfg.quantizer)
     assert not needs_fit(cfg, rvq, 4) and needs_fit(cfg, rvq, 5)
     torch.manual_seed(0)
     x = torch.randn(400, mc.embedding_dim) * torch.linspace(2.0, 0.1, mc.embedding_dim)
-    codebooks = torch.zeros(mc.num_quantizers, mc.codebook_size, mc.embedding_dim)
+    codebooks = torch.zeros(mc.num_levels, mc.codebook_size, mc.embedding_dim)
     rvq.fit(x, codebooks, step_vectors=40)
     assert not needs_fit(cfg, rvq, 5)
     # EMA usage starts at this step's scale: counts sum to the vectors per step at every level.
-    torch.testing.assert_close(rvq.cluster_size.sum(1), torch.full((mc.num_quantizers,), 40.0))
+    torch.testing.assert_close(rvq.cluster_size.sum(1), torch.full((mc.num_levels,), 40.0))
     residual, errors = x.clone(), []
-    for level in range(mc.num_quantizers):
+    for level in range(mc.num_levels):
         idx = ((residual[:, None] - codebooks[level][None]) ** 2).sum(-1).argmin(1)
         residual = residual - codebooks[level][idx]
         errors.append(residual.square().mean().item())

@@ -157,7 +157,7 @@ def test_quantized_output_uses_each_examples_levels():
     rvq = ResidualVQ(4, 16, 4)
     rvq.codebooks.copy_(before)
     for b in range(6):
-        n = int(out.n_levels[b])
+        n = int(out.levels[b])
         _, ref = rvq.quantize(emb[b : b + 1], n)
         torch.testing.assert_close(out.quantized[b : b + 1], ref, atol=1e-5, rtol=1e-5)
     # And the codes equal the inference quantizer's codes with the pre-update codebooks.

@@ -6,12 +6,13 @@ PyAV (FFmpeg). The extension only picks which decoder tries first (PyAV for .mp3
 .webm .mka); both probe the content: a ``.wav`` that libsndfile rejects is still tried with
 PyAV, and MP3 data that libsndfile would open is handed to PyAV so that a file and the same bytes
 on stdin decode identically. Every decoded block is checked for NaN/Inf. Channels are
-returned as stored (mono is ``[1, T]``, 5.1 is ``[6, T]``); deciding what to do with them is the
-codec's job.
+returned as stored (mono is ``[1, T]``, 5.1 is ``[6, T]``); :func:`to_channels` is the one
+policy for changing their number. :func:`read_range` reads a crop by seeking (training data).
 
-``"-"`` means stdin when reading and stdout when writing. Stdin is always read to the end and
-buffered in memory before decoding (both decoders probe and seek, which a pipe cannot), so
-block iteration over stdin bounds the decoded audio in memory but not the input bytes.
+``"-"`` means stdin when reading and stdout when writing; readers also take a whole file's
+``bytes``. Stdin is always read to the end and buffered in memory before decoding (both
+decoders probe and seek, which a pipe cannot), so block iteration over stdin bounds the decoded
+audio in memory but not the input bytes.
 
 Writing. The extension picks the format: ``.wav`` (default PCM_16, or PCM_24/PCM_32/FLOAT/
 DOUBLE), ``.flac`` (PCM_16 default, PCM_24, PCM_S8), ``.ogg``/``.oga`` (Vorbis), ``.aif``/
@@ -25,6 +26,8 @@ fix the header and writes a corrupt file into a pipe), so :class:`AudioWriter` w
 WAV itself with the RIFF and data sizes set to 0xFFFFFFFF ("unknown length", as FFmpeg and SoX
 do on pipes; libsndfile, FFmpeg and this module read such files to the end). If stdout is
 seekable (redirected to a regular file), the sizes are patched on close.
+
+:func:`encode_audio` gives the bytes a file would hold, in memory.
 
 Resampling uses soxr (VHQ). The output length is ``floor(T * sr_out / sr_in + 1/2)``
 (:func:`resampled_length`), which is what soxr produces; both :func:`resample` and
@@ -41,11 +44,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Self, TypeVar
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .errors import AudioError
 
 if TYPE_CHECKING:
     import av
@@ -55,6 +60,11 @@ if TYPE_CHECKING:
 STDIO = "-"
 STDIN_NAME = "<stdin>"
 STDOUT_NAME = "<stdout>"
+BYTES_NAME = "<bytes>"
+
+# What the readers take: a path, "-" for stdin, or a whole file's bytes.
+AudioSource = str | Path | bytes
+ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor (to_channels takes either)
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -89,11 +99,8 @@ _WRITE_FORMATS: dict[str, tuple[str, str]] = {
 _UNCLIPPED_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 _READ_ALL_BLOCK_FRAMES = 1 << 18
+_SEEK_PREROLL_S = 0.2  # decoded and dropped before a fast seek's target (Opus asks 80 ms)
 _RESAMPLE_QUALITY = "VHQ"
-
-
-class AudioError(ValueError):
-    """A user-facing audio problem (missing, empty, undecodable or non-finite audio, bad target)."""
 
 
 class _NotAudioError(AudioError):
@@ -128,8 +135,8 @@ def is_audio_file_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
-def to_channels_first(audio: np.ndarray) -> np.ndarray:
-    """``[T]`` -> ``[1, T]``; ``[C, T]`` unchanged; as contiguous float32.
+def to_channels_first(audio: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """``[T]`` -> ``[1, T]``; ``[C, T]`` unchanged; as contiguous ``dtype`` (float32).
 
     Accepts numpy arrays and CPU torch tensors (anything ``np.asarray`` takes). A 2-D input is
     taken to be channels-first already; nothing is guessed from the shape.
@@ -139,15 +146,54 @@ def to_channels_first(audio: np.ndarray) -> np.ndarray:
         array = array[None, :]
     elif array.ndim != 2:
         raise ValueError(f"audio must be [T] or [C, T], got shape {tuple(array.shape)}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def to_channels(
+    audio: ArrayT, channels: int, *, downmix: bool = False, name: str = "audio"
+) -> ArrayT:
+    """``[..., C, T]`` -> ``[..., channels, T]``, the one channel policy (numpy or torch).
+
+    The same count is returned as is; mono is duplicated (dual mono). More channels than
+    wanted: with ``downmix`` a mono target gets the channel mean and any other target the
+    first ``channels``; without it, AudioError. Any other mismatch is an AudioError
+    (:func:`check_channels` tells before any audio is decoded).
+    """
+    have = audio.shape[-2]
+    if have > 2 >= audio.shape[-1] and not (have == channels or downmix):
+        raise AudioError(
+            f"{name}: {have} channels of {audio.shape[-1]} samples looks like [samples, "
+            "channels]; pass [channels, samples] (transpose it)"
+        )
+    check_channels(have, channels, downmix=downmix, name=name)
+    if have == channels:
+        return audio
+    if have == 1:
+        return audio[..., [0] * channels, :]
+    if channels == 1:
+        return audio.mean(axis=-2, keepdims=True)
+    return audio[..., :channels, :]
+
+
+def check_channels(have: int, channels: int, *, downmix: bool = False, name: str = "audio") -> None:
+    """Raises AudioError unless :func:`to_channels` can turn ``have`` channels into ``channels``."""
+    if have == channels or have == 1 or (downmix and have > channels):
+        return
+    raise AudioError(
+        f"{name}: {have} channels; expected {channels} (mono is duplicated); downmix first"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 
 
-def _load_source(path: str | Path) -> tuple[str, Path | bytes]:
-    """Returns (display name, path or buffered stdin bytes); rejects missing and empty input."""
+def _load_source(path: AudioSource) -> tuple[str, Path | bytes]:
+    """Returns (display name, path or bytes); rejects missing and empty input."""
+    if isinstance(path, bytes):
+        if not path:
+            raise AudioError(f"{BYTES_NAME}: empty input (0 bytes)")
+        return BYTES_NAME, path
     if str(path) == STDIO:
         data = sys.stdin.buffer.read()
         if not data:
@@ -178,7 +224,9 @@ class _Decoder(Protocol):
 
     def read(self, max_frames: int) -> np.ndarray: ...  # [C, m], m == 0 only at the end
 
-    def skip(self, frames: int) -> None: ...
+    def skip(self, frames: int) -> None: ...  # exact: the next read starts at that frame
+
+    def seek(self, frames: int) -> None: ...  # fast: by the container's index and timestamps
 
     def close(self) -> None: ...
 
@@ -214,6 +262,8 @@ class _SoundfileDecoder:
         else:
             _skip_by_reading(self, frames)
 
+    seek = skip  # libsndfile seeks exactly
+
     def close(self) -> None:
         self._handle.close()
 
@@ -224,6 +274,9 @@ def _import_av() -> ModuleType:
     import av.error
 
     return av
+
+
+_AVBlock = tuple[np.ndarray, int, int | None]  # (float32 [C, n], sample rate, pts)
 
 
 class _PyAVDecoder:
@@ -248,7 +301,8 @@ class _PyAVDecoder:
                 raise _NotAudioError(name, f"no audio stream in a '{container_name}' container")
             stream = streams[0]
             self.format = str(stream.codec_context.name)
-            self._frames: Iterator[tuple[np.ndarray, int]] | None = self._decode(stream)
+            self._stream = stream
+            self._frames: Iterator[_AVBlock] | None = self._decode(stream)
             first = next(self._frames, None)
             if first is None and not (stream.codec_context.sample_rate and stream.channels):
                 # FFmpeg picks some demuxers by file extension alone (e.g. ".flac"), then finds
@@ -273,8 +327,9 @@ class _PyAVDecoder:
             return self._container.duration / 1_000_000  # AV_TIME_BASE
         return None
 
-    def _decode(self, stream: av.audio.stream.AudioStream) -> Iterator[tuple[np.ndarray, int]]:
-        """Yields (float32 [C, n], sample rate) per non-empty frame; the format must not change."""
+    def _decode(self, stream: av.audio.stream.AudioStream) -> Iterator[_AVBlock]:
+        """Yields (float32 [C, n], sample rate, pts) per non-empty frame; the format must not
+        change."""
         first_rate: int | None = None
         first_channels: int | None = None
         decoded = 0
@@ -292,7 +347,7 @@ class _PyAVDecoder:
                         f"({first_rate} Hz x {first_channels} -> {rate} Hz x {channels})"
                     )
                 decoded += array.shape[1]
-                yield array, rate
+                yield array, rate, frame.pts
         except self._ffmpeg_error as error:
             reason = _ffmpeg_reason(error)
             if not decoded:
@@ -319,6 +374,35 @@ class _PyAVDecoder:
 
     def skip(self, frames: int) -> None:
         _skip_by_reading(self, frames)
+
+    def seek(self, frames: int) -> None:
+        """Seeks the container to the key frame at least :data:`_SEEK_PREROLL_S` before
+        ``frames`` (lapped codecs need the previous frame to decode the next one), then drops
+        decoded samples up to ``frames`` by their timestamps, zero-filling a gap if it lands
+        after. As exact as the container's timestamps: VBR MP3 seeking is approximate."""
+        time_base = self._stream.time_base
+        seconds = frames / self.sample_rate - _SEEK_PREROLL_S
+        if seconds <= _SEEK_PREROLL_S or time_base is None:  # near the start: decode up to it
+            _skip_by_reading(self, frames)
+            return
+        origin = self._stream.start_time or 0  # the pts of frame 0 (encoder delay, pre-skip)
+        target = origin + int(seconds / time_base)
+        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._decode(self._stream)
+        self._pending, self._pending_frames = [], 0
+        position: int | None = None
+        for array, _, pts in self._frames:
+            if position is None:
+                position = (
+                    0 if pts is None else round((pts - origin) * time_base * self.sample_rate)
+                )
+                if position > frames:  # landed after the target
+                    self._pending.append(np.zeros((self.channels, position - frames), np.float32))
+            if position + array.shape[1] > frames:
+                self._pending.append(array[:, max(0, frames - position) :])
+                break
+            position += array.shape[1]
+        self._pending_frames = sum(block.shape[1] for block in self._pending)
 
     def close(self) -> None:
         if not self._closed:
@@ -351,7 +435,7 @@ def _av_frame_to_array(frame: av.AudioFrame) -> np.ndarray:
     raise AudioError(f"unsupported decoded sample format '{frame.format.name}'")
 
 
-def _open_decoder(path: str | Path) -> tuple[str, _Decoder]:
+def _open_decoder(path: AudioSource) -> tuple[str, _Decoder]:
     name, source = _load_source(path)
     if isinstance(source, Path) and source.suffix.lower() in _PYAV_EXTENSIONS:
         return name, _PyAVDecoder(source, name)
@@ -374,8 +458,11 @@ def _open_decoder(path: str | Path) -> tuple[str, _Decoder]:
 
 
 def _short_sf_error(error: sf.SoundFileError) -> str:
-    text = str(error)
-    return (text.split("': ", 1)[1] if "': " in text else text).rstrip(".")
+    text = str(error)  # "Error opening '<path>': why." or, for stdin, "... <_io.BytesIO ...>: why."
+    for sep in ("': ", ">: "):
+        if sep in text:
+            return text.split(sep, 1)[1].rstrip(".")
+    return text.rstrip(".")
 
 
 class AudioReader:
@@ -385,14 +472,20 @@ class AudioReader:
     Iterate once (like a file); use as a context manager to close early.
     Attributes: ``sample_rate``, ``channels``, ``num_frames`` (frames this reader will yield,
     or None when unknown), ``duration_s`` (see :class:`AudioInfo`), ``format``, ``name``.
+    ``fast_seek``: reach ``start_frame`` by the container's index instead of decoding up to it
+    (see :func:`read_range`). ``past_end_ok``: a ``start_frame`` at or past the end yields
+    nothing instead of raising AudioError.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        path: AudioSource,
         block_frames: int,
         start_frame: int = 0,
         num_frames: int | None = None,
+        *,
+        fast_seek: bool = False,
+        past_end_ok: bool = False,
     ) -> None:
         if block_frames <= 0:
             raise ValueError(f"block_frames must be positive, got {block_frames}")
@@ -408,21 +501,25 @@ class AudioReader:
         total = self._decoder.num_frames
         self.num_frames: int | None = None
         if total is not None:
-            if start_frame >= total:
+            if start_frame >= total and not past_end_ok:
                 self._decoder.close()
                 raise AudioError(
                     f"{self.name}: start_frame {start_frame} is past the end ({total} frames)"
                 )
-            remaining = total - start_frame
+            remaining = max(0, total - start_frame)
             self.num_frames = remaining if num_frames is None else min(remaining, num_frames)
         self._block_frames = block_frames
         self._start_frame = start_frame
         self._limit = num_frames
+        self._fast_seek = fast_seek
+        self._past_end_ok = past_end_ok
         self._blocks = self._generate()
 
     def _generate(self) -> Iterator[np.ndarray]:
         try:
-            if self._start_frame:
+            if self._start_frame and self._fast_seek:
+                self._decoder.seek(self._start_frame)
+            elif self._start_frame:
                 self._decoder.skip(self._start_frame)
             position = self._start_frame
             produced = 0
@@ -437,7 +534,7 @@ class AudioReader:
                 position += block.shape[1]
                 produced += block.shape[1]
                 yield block
-            if produced == 0:
+            if produced == 0 and not self._past_end_ok:
                 raise AudioError(
                     f"{self.name}: contains no audio samples at or after frame {self._start_frame}"
                 )
@@ -466,7 +563,7 @@ def _check_finite(block: np.ndarray, name: str, first_frame: int) -> None:
 
 
 def iter_audio_blocks(
-    path: str | Path,
+    path: AudioSource,
     block_frames: int,
     *,
     start_frame: int = 0,
@@ -482,7 +579,7 @@ def iter_audio_blocks(
 
 
 def read_audio(
-    path: str | Path,
+    path: AudioSource,
     *,
     sample_rate: int | None = None,
     start_frame: int = 0,
@@ -504,7 +601,24 @@ def read_audio(
     return audio, rate
 
 
-def audio_info(path: str | Path) -> AudioInfo:
+def read_range(path: AudioSource, start_frame: int, num_frames: int) -> tuple[np.ndarray, int]:
+    """Frames ``[start_frame, start_frame + num_frames)`` -> (float32 ``[C, n]``, sample rate),
+    for random crops of long files: ``n < num_frames`` past the end (0 at or after it).
+
+    libsndfile formats seek exactly. PyAV streams seek the container to the key frame before
+    ``start_frame`` and place samples by their timestamps instead of decoding from the start,
+    so the position is as exact as the container's timestamps (VBR MP3: within a few ms).
+    """
+    if num_frames <= 0:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    with AudioReader(
+        path, num_frames, start_frame, num_frames, fast_seek=True, past_end_ok=True
+    ) as reader:
+        blocks = [np.zeros((reader.channels, 0), np.float32), *reader]
+        return np.concatenate(blocks, axis=1), reader.sample_rate
+
+
+def audio_info(path: AudioSource) -> AudioInfo:
     """Header information of ``path``. For ``"-"`` this consumes stdin."""
     with AudioReader(path, _READ_ALL_BLOCK_FRAMES) as reader:
         return AudioInfo(
@@ -539,17 +653,20 @@ def fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
     return audio
 
 
-def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """``[C, T]`` at ``sr_in`` -> float32 ``[C, resampled_length(T)]`` at ``sr_out`` (soxr VHQ).
+def resample(
+    audio: np.ndarray, sr_in: int, sr_out: int, dtype: type[np.floating] = np.float32
+) -> np.ndarray:
+    """``[C, T]`` at ``sr_in`` -> ``[C, resampled_length(T)]`` at ``sr_out`` (soxr VHQ), as
+    ``dtype`` (float32, or float64 to resample in double precision).
 
-    Equal rates return the input as float32 (no copy if it already is).
+    Equal rates return the input as ``dtype`` (no copy if it already is).
     """
     _check_rates(sr_in, sr_out)
-    audio = to_channels_first(audio)
+    audio = to_channels_first(audio, dtype)
     if sr_in == sr_out:
         return audio
     out = soxr.resample(audio.T, sr_in, sr_out, quality=_RESAMPLE_QUALITY)
-    out = np.ascontiguousarray(np.asarray(out, dtype=np.float32).T)
+    out = np.ascontiguousarray(np.asarray(out, dtype=dtype).T)
     return fit_length(out, resampled_length(audio.shape[1], sr_in, sr_out))
 
 
@@ -681,27 +798,55 @@ def write_audio(
     audio: np.ndarray,
     sample_rate: int,
     subtype: str | None = None,
+    *,
+    compression_level: float | None = None,
 ) -> None:
     """Writes ``[C, T]`` (or mono ``[T]``) float audio; format from the extension, ``"-"`` = WAV.
 
-    See the module docstring for formats, default subtypes and clipping.
+    See the module docstring for formats, default subtypes and clipping. ``compression_level``
+    (0..1) is libsndfile's: for Vorbis it is 1 - quality, for FLAC the effort.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    major, chosen = _write_format(path, subtype)
-    to_stdout = str(path) == STDIO
-    name = STDOUT_NAME if to_stdout else str(path)
-    frames = _prepare_frames(audio, chosen, name)
-    if not to_stdout:
-        _check_parent(path)
-    target: str | io.BytesIO = io.BytesIO() if to_stdout else str(path)
-    try:
-        sf.write(target, frames, sample_rate, format=major, subtype=chosen)
-    except (sf.SoundFileError, OSError) as error:
-        raise AudioError(f"{name}: cannot write: {error}") from None
+    target: str | io.BytesIO = io.BytesIO() if str(path) == STDIO else str(path)
+    _encode(target, path, audio, sample_rate, subtype, compression_level)
     if isinstance(target, io.BytesIO):
         sys.stdout.buffer.write(target.getvalue())
         sys.stdout.buffer.flush()
+
+
+def encode_audio(
+    audio: np.ndarray,
+    sample_rate: int,
+    suffix: str = ".wav",
+    subtype: str | None = None,
+    *,
+    compression_level: float | None = None,
+) -> bytes:
+    """The bytes :func:`write_audio` would write to a file ending in ``suffix``, in memory."""
+    buffer = io.BytesIO()
+    _encode(buffer, f"<memory>{suffix}", audio, sample_rate, subtype, compression_level)
+    return buffer.getvalue()
+
+
+def _encode(
+    target: str | io.BytesIO,
+    path: str | Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    subtype: str | None,
+    compression_level: float | None,
+) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    major, chosen = _write_format(path, subtype)
+    name = STDOUT_NAME if str(path) == STDIO else str(path)
+    frames = _prepare_frames(audio, chosen, name)
+    if isinstance(target, str):
+        _check_parent(path)
+    options = {} if compression_level is None else {"compression_level": compression_level}
+    try:
+        sf.write(target, frames, sample_rate, format=major, subtype=chosen, **options)
+    except (sf.SoundFileError, OSError) as error:
+        raise AudioError(f"{name}: cannot write: {error}") from None
 
 
 # Stdout WAV header, little endian: "RIFF" u32 riff_size "WAVE" | "fmt " u32 16, u16 format_tag

@@ -20,6 +20,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .config import levels_for_kbps
+from .errors import BitstreamError, UsageError
+
 MAGIC = b"SPSC"
 VERSION = 1
 SUFFIX = ".ssc"
@@ -50,10 +53,6 @@ _END = struct.Struct(">IQ")
 _CRC = struct.Struct(">I")
 
 PACKET_OVERHEAD_BYTES = _COUNT.size + _CRC.size
-
-
-class BitstreamError(ValueError):
-    """An ``.ssc`` stream is malformed, corrupted, truncated or made by another model."""
 
 
 def bits_per_code(codebook_size: int) -> int:
@@ -489,14 +488,23 @@ def decode_stream(
 # ---- transcoding ------------------------------------------------------------------------------
 
 
-def transcode_stream(fin: BinaryIO, fout: BinaryIO, levels: int) -> None:
-    """Copy an ``.ssc`` stream keeping only its first ``levels`` levels, packet by packet.
+def transcode_stream(
+    fin: BinaryIO, fout: BinaryIO, levels: int | None = None, kbps: float | None = None
+) -> StreamHeader:
+    """Copy an ``.ssc`` stream keeping only its first ``levels`` levels (or as many as ``kbps``
+    allows, :func:`spectrostream.config.levels_for_kbps`), packet by packet. Returns the
+    output header.
 
     Level-major packing makes this a cut of each payload's leading bits; every input CRC is
     checked and every output CRC recomputed.
     """
+    if (levels is None) == (kbps is None):
+        raise UsageError("transcode needs exactly one of levels and kbps")
     packets = _PacketReader(fin, None)
     h = packets.header
+    if kbps is not None:
+        per_level = kbps_for_levels(1, h.frame_rate, h.codebook_size)
+        levels = levels_for_kbps(kbps, per_level, h.num_levels)
     try:
         _check_int("levels", levels, 1, h.num_levels)
     except BitstreamError as e:
@@ -516,6 +524,7 @@ def transcode_stream(fin: BinaryIO, fout: BinaryIO, levels: int) -> None:
             )
         writer._write_payload(n, bytes(cut))
     writer.close(packets.num_samples)
+    return writer.header
 
 
 def transcode(data: bytes, levels: int) -> bytes:

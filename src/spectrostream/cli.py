@@ -1,99 +1,111 @@
 """Command line: ``spectrostream <command>``; one function per subcommand.
 
-User mistakes (bad files, bad arguments, missing model) print one line and exit with status 2.
-A directory argument processes every audio file below it into a mirrored output tree; under
-``torchrun`` the files are split across ranks (RANK / WORLD_SIZE).
+Arguments are checked at parse time by one set of rules (:func:`kbps_arg`, :func:`levels_arg`,
+:func:`sample_rate_arg`) shared by every command; the model-dependent bounds (no more levels
+than the model or file has) are checked before any file is touched. Errors become exit
+statuses in one place, :func:`spectrostream.errors.exit_status`: 2 with one line on stderr
+for anything the user can fix, 130 on Ctrl-C. A directory argument processes every matching
+file below it into a mirrored output tree; under ``torchrun`` the files are split across
+ranks (RANK / WORLD_SIZE). Files, directories and pipes are
+:mod:`spectrostream.files`; see docs/reliability.md for what is guaranteed.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import os
 import sys
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import audio_io, bitstream
-from .audio_io import AudioError
-from .config import ConfigError
-from .official import ModelError
+from . import bitstream
+from .errors import UsageError, exit_status
 
 STDIO = "-"
-USER_ERRORS = (AudioError, bitstream.BitstreamError, ModelError, ConfigError)
 
 
-class UsageError(ValueError):
-    """A wrong combination of command-line arguments."""
-
-
-def _fail(msg: str) -> int:
-    print(f"spectrostream: error: {msg}", file=sys.stderr)
-    return 2
-
-
-@contextmanager
-def _open_out(path: str):
-    if path == STDIO:
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
+# ---- argument rules (the same for every command) -------------------------------------------
+def kbps_arg(text: str) -> float:
+    """A finite, positive bit rate in kbps (the model or file bounds it further)."""
     try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
-@contextmanager
-def _open_in(path: str):
-    if path == STDIO:
-        yield sys.stdin.buffer
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{path}: no such file")
-    with open(p, "rb") as f:
-        yield f
+def levels_arg(text: str) -> int:
+    """A whole number of RVQ levels, 1..255 (the model or file bounds it further)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= bitstream.MAX_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{bitstream.MAX_LEVELS}, got {value}")
+    return value
 
 
-def _rank_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _pairs(src: str, dst: str, want: Callable[[Path], bool], suffix: str) -> list[tuple[str, str]]:
-    """(input, output) pairs: one file, or a directory mirrored into ``dst`` (this rank's share)."""
-    p = Path(src)
-    if src != STDIO and p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and want(f))
-        if not files:
-            raise AudioError(f"{src}: no matching files below this directory")
-        rank, world = _rank_world()
-        return [
-            (str(f), str(Path(dst) / f.relative_to(p).with_suffix(suffix)))
-            for f in files[rank::world]
-        ]
-    return [(src, dst)]
+def sample_rate_arg(text: str) -> int:
+    """An output sample rate in Hz that an .ssc header can also hold."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of Hz: {text!r}") from None
+    low, high = bitstream.MIN_SAMPLE_RATE, bitstream.MAX_SAMPLE_RATE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be in {low}..{high} Hz, got {value}")
+    return value
 
 
 def _levels_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--kbps", type=float, help="total bit rate (0.25 kbps per level; default: all)")
-    g.add_argument("--levels", type=int, help="number of RVQ levels (1..64)")
+    g.add_argument(
+        "--kbps", type=kbps_arg, help="total bit rate (0.25 kbps per level; default: all)"
+    )
+    g.add_argument("--levels", type=levels_arg, help="number of RVQ levels (1..64)")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model .safetensors path or built-in name (default: %(default)s)",
+        help="model .safetensors path, or a name: magenta-rt (Google's weights, downloaded once "
+        "from the Hugging Face Hub) or default (a placeholder) (default: %(default)s)",
+    )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) for magenta-rt")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
+    )
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec import load
+    from .device import rank_device
+
+    return load(
+        args.model, revision=args.revision, device=rank_device(args.device), dtype=args.dtype
+    )
+
+
+def _report_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--report", metavar="PATH", help="write a JSON summary of every file (ok or failed)"
     )
 
 
@@ -110,135 +122,181 @@ def _progress(total: int | None, desc: str, unit: str) -> tqdm:
 
 
 # ---- encode / decode / roundtrip ----------------------------------------------------------
-def _encode_one(codec, src: str, dst: str, kbps: float | None, levels: int | None) -> None:
-    total = None
-    if src != STDIO:
-        info = audio_io.audio_info(src)
-        total = info.num_frames
-    with _progress(total, Path(src).name, "smp") as bar, _open_out(dst) as out:
-        codec.encode_file(src, out, kbps=kbps, levels=levels, progress=bar.update)
-
-
-@contextmanager
-def _audio_out(path: str):
-    """Yields where to write an audio file; a file appears complete or not at all."""
-    if path == STDIO:
-        yield path
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".partial-{target.name}")  # keeps the extension (it picks the format)
-    try:
-        yield str(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _decode_one(codec, src: str, dst: str, sr: int | None) -> None:
-    with (
-        _open_in(src) as f,
-        _progress(None, Path(src).name, "frame") as bar,
-        _audio_out(dst) as out,
-    ):
-        codec.decode_file(f, out, sample_rate=sr, progress=bar.update)
-
-
 def run_encode(args: argparse.Namespace) -> int:
-    from .codec import load
+    from . import audio_io, files
 
-    codec = load(args.model)
-    pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, bitstream.SUFFIX)
-    for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
-        _encode_one(codec, src, dst, args.kbps, args.levels)
+    pairs = files.plan(args.input, args.output, files.ENCODE)
+    for _, dst in pairs:
+        files.check_ssc_target(dst, args.force)
+    codec = _load_codec(args)
+    levels = codec.levels_for(args.kbps, args.levels)
+
+    def one(src: str, dst: str) -> dict[str, object]:
+        total = audio_io.audio_info(src).num_frames if src != STDIO else None
+        with _progress(total, Path(src).name, "smp") as bar, files.binary_output(dst) as out:
+            header = files.encode_file(codec, src, out, levels=levels, progress=bar.update)
+        return {"levels": header.num_levels}
+
+    files.run_batch("encode", pairs, one, args.report)
     return 0
 
 
-def run_decode(args: argparse.Namespace) -> int:
-    from .codec import load
+def _input_name(src: str) -> str:
+    """How messages name an input: its path, or ``<stdin>`` for ``-``."""
+    from .audio_io import STDIN_NAME
 
-    codec = load(args.model)
-    pairs = _pairs(args.input, args.output, lambda f: f.suffix == bitstream.SUFFIX, ".wav")
-    for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
-        _decode_one(codec, src, dst, args.sr)
+    return STDIN_NAME if src == STDIO else src
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from . import files
+
+    pairs = files.plan(args.input, args.output, files.DECODE)
+    codec = _load_codec(args)
+
+    def one(src: str, dst: str) -> dict[str, object]:
+        name = _input_name(src)
+        with (
+            files.binary_input(src) as f,
+            _progress(None, Path(src).name, "frame") as bar,
+            files.atomic_path(dst) as tmp,
+        ):
+            result = files.decode_file(
+                codec, f, tmp, args.sr, progress=bar.update, salvage=args.salvage, name=name
+            )
+        if result.damage is not None:
+            print(
+                f"spectrostream: {name}: salvaged {result.seconds:.2f} s ({result.damage})",
+                file=sys.stderr,
+            )
+        return {"seconds": round(result.seconds, 3), "salvaged": result.damage is not None}
+
+    files.run_batch("decode", pairs, one, args.report)
     return 0
 
 
 def run_roundtrip(args: argparse.Namespace) -> int:
-    import io
+    from . import files
 
-    from .codec import load
+    pairs = files.plan(args.input, args.output, files.ROUNDTRIP)
+    codec = _load_codec(args)
+    levels = codec.levels_for(args.kbps, args.levels)
 
-    codec = load(args.model)
-    pairs = _pairs(args.input, args.output, audio_io.is_audio_file_name, ".wav")
-    for src, dst in tqdm(pairs, desc="files", disable=len(pairs) == 1 or None, file=sys.stderr):
+    def one(src: str, dst: str) -> dict[str, object]:
         buf = io.BytesIO()
-        codec.encode_file(src, buf, kbps=args.kbps, levels=args.levels)
+        files.encode_file(codec, src, buf, levels=levels)
         size = buf.tell()
         buf.seek(0)
-        with _audio_out(dst) as out:
-            header = codec.decode_file(buf, out, sample_rate=args.sr)
-        if header.num_samples:
-            secs = header.num_samples / header.sample_rate
-            print(
-                f"{src}: {size} bytes, {8 * size / secs / 1000:.2f} kbps actual, "
-                f"{header.num_levels} levels",
-                file=sys.stderr,
-            )
+        with files.atomic_path(dst) as tmp:
+            result = files.decode_file(codec, buf, tmp, sample_rate=args.sr, name=_input_name(src))
+        secs = result.num_samples / result.header.sample_rate
+        kbps = 8 * size / secs / 1000 if secs else 0.0
+        print(
+            f"{_input_name(src)}: {size} bytes, {kbps:.2f} kbps actual, {result.header.num_levels} levels",
+            file=sys.stderr,
+        )
+        return {"bytes": size, "kbps": round(kbps, 3), "levels": result.header.num_levels}
+
+    files.run_batch("roundtrip", pairs, one, args.report)
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    from . import files
+    from .tokenize import TokenizeError, tokenize
+
+    codec = _load_codec(args)
+    rank, world = files.rank_world()
+    try:
+        report = tokenize(
+            codec,
+            args.input,
+            args.output,
+            codec.levels_for(args.kbps, args.levels),
+            batch=args.batch,
+            workers=args.workers,
+            shard_files=args.shard_files,
+            rank=rank,
+            world=world,
+        )
+    except TokenizeError as e:
+        raise UsageError(str(e)) from e
+    print(
+        f"{args.output}: {report.shards_written} shards written, {report.shards_skipped} already "
+        f"done; {report.files} files ({report.audio_seconds / 3600:.2f} h) coded on {codec.device}",
+        file=sys.stderr,
+    )
+    for name, error in report.failed:  # the reader's message names the file already: once
+        reason = error.split(f"{name}: ", 1)[-1]
+        print(f"spectrostream: could not read {name}: {reason}", file=sys.stderr)
     return 0
 
 
 # ---- bitstream tools ----------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
-    with _open_in(args.input) as f:
+    from .files import binary_input, naming_input
+    from .weights import model_attribution
+
+    with binary_input(args.input) as f, naming_input(_input_name(args.input)):
         data = f.read()
-    header, codes = bitstream.decode_stream(data)
+        header, codes = bitstream.decode_stream(data)
     print(bitstream.describe(header, codes.shape[1], len(data)))
+    if (attribution := model_attribution(header.model_id)) is not None:
+        print(f"weights:     {attribution}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .weights import list_models
+
+    for m in list_models():
+        where = "not downloaded" if m.path is None else f"{m.size_bytes / 2**20:.1f} MiB, {m.path}"
+        rev = f" (revision {m.revision[:12]})" if m.revision else ""
+        print(f"{m.name:<11} {m.license:<10} {where}{rev}\n{'':<11} {m.description}")
     return 0
 
 
 def run_transcode(args: argparse.Namespace) -> int:
+    from . import files
+
     if args.kbps is None and args.levels is None:
         raise UsageError("transcode needs --kbps or --levels")
-    with _open_in(args.input) as fin:
-        reader = bitstream.StreamReader(fin)
-        h = reader.header
-        per_level = bitstream.kbps_for_levels(1, h.frame_rate, h.codebook_size)
-        levels = args.levels if args.levels is not None else int(args.kbps / per_level + 1e-9)
-        if not 1 <= levels <= h.num_levels:
-            raise UsageError(
-                f"the file has {h.num_levels} levels ({per_level:g} kbps each); "
-                f"cannot keep {levels}"
-            )
-        new = bitstream.StreamHeader(
-            sample_rate=h.sample_rate,
-            channels=h.channels,
-            num_samples=h.num_samples,
-            num_levels=levels,
-            frame_rate=h.frame_rate,
-            codebook_size=h.codebook_size,
-            model_id=h.model_id,
-        )
-        with _open_out(args.output) as fout:
-            writer = bitstream.StreamWriter(fout, new)
-            for codes in reader:
-                writer.write(codes[:levels])
-            writer.close(reader.num_samples)
+    files.check_ssc_target(args.output, args.force)
+    files.check_plan([(args.input, args.output)])
+    with (
+        files.binary_input(args.input) as fin,
+        files.binary_output(args.output) as fout,
+        files.naming_input(_input_name(args.input)),
+    ):
+        bitstream.transcode_stream(fin, fout, levels=args.levels, kbps=args.kbps)
     return 0
 
 
 def run_convert_official(args: argparse.Namespace) -> int:
     from .codec import Codec
+    from .files import check_plan
     from .official import import_official
+    from .weights import official_model_id
 
-    model, parts = import_official(args.encoder, args.checkpoint)
-    codec = Codec(model, parts=parts)
+    for src in (args.encoder, args.decoder, args.quantizer, args.checkpoint):
+        if src is not None:  # the output is never one of the inputs
+            check_plan([(src, args.output)])
+    model, parts = import_official(
+        args.encoder, args.checkpoint, decoder=args.decoder, quantizer=args.quantizer
+    )
+    state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in parts}
+    codec = Codec(model, model_id=official_model_id(state, model.config), parts=parts)
     codec.save(args.output, fp16=args.fp16)
     print(
         f"wrote {args.output}: parts {', '.join(parts)}, model id {codec.model_id}", file=sys.stderr
     )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,48 +306,92 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectrostream", description="SpectroStream neural audio codec (48 kHz stereo)."
     )
     parser.add_argument("--version", action="version", version=f"spectrostream {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads (default: 1 unless 2+ cores are idle; see docs/benchmarks.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
     p.add_argument("input", help="audio file, directory, or - for stdin")
-    p.add_argument("output", help=".ssc file, directory, or - for stdout")
+    p.add_argument("output", help=".ssc file, directory (a.flac -> a.flac.ssc), or - for stdout")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
+    p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
+    _report_arg(p)
     p.set_defaults(func=run_encode)
 
     p = sub.add_parser("decode", help=".ssc file or directory -> audio")
     p.add_argument("input", help=".ssc file, directory, or - for stdin")
-    p.add_argument("output", help="audio file (.wav/.flac/.ogg), directory, or - (WAV on stdout)")
-    p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
+    p.add_argument(
+        "output",
+        help="audio file (.wav/.flac/.ogg), directory (a.flac.ssc -> a.flac.wav), or - (WAV)",
+    )
+    p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
+    p.add_argument(
+        "--salvage",
+        action="store_true",
+        help="decode every intact packet of a cut or damaged file and say how much was recovered",
+    )
     _model_arg(p)
+    _device_args(p)
+    _report_arg(p)
     p.set_defaults(func=run_decode)
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--sr", type=int, help="output sample rate (default: the original)")
+    p.add_argument("input", help="audio file, directory, or - for stdin")
+    p.add_argument("output", help="audio file, directory (a.flac -> a.flac.wav), or - (WAV)")
+    p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
+    _device_args(p)
+    _report_arg(p)
     p.set_defaults(func=run_roundtrip)
 
+    p = sub.add_parser("tokenize", help="every audio file below DIR -> code shards (LM training)")
+    p.add_argument("input", metavar="DIR", help="folder searched recursively for audio files")
+    p.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    _levels_args(p)
+    _model_arg(p)
+    _device_args(p)
+    p.add_argument("--batch", type=int, default=16, help="clips coded at once (default: 16)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="audio decoding processes (default: 4, at most the number of CPUs)",
+    )
+    p.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
+    p.set_defaults(func=run_tokenize)
+
     p = sub.add_parser("info", help="describe an .ssc file")
-    p.add_argument("input")
+    p.add_argument("input", help=".ssc file, or - for stdin")
     p.set_defaults(func=run_info)
 
+    p = sub.add_parser("models", help="list the named models, and which are on this machine")
+    p.set_defaults(func=run_models)
+
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help=".ssc file, or - for stdin")
+    p.add_argument("output", help=".ssc file, or - for stdout")
     _levels_args(p)
+    p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
     p.set_defaults(func=run_transcode)
 
     p = sub.add_parser("convert-official", help="import Google's released weights")
     p.add_argument("--encoder", help="encoder.safetensors (params/encoder/...)")
-    p.add_argument("--checkpoint", help="mrt2_*.safetensors (params/soundstream/...)")
+    p.add_argument("--decoder", help="decoder.safetensors (resources/spectrostream/)")
+    p.add_argument("--quantizer", help="quantizer.safetensors (resources/spectrostream/)")
+    p.add_argument(
+        "--checkpoint", help="mrt2_*.safetensors (params/soundstream/...): decoder and quantizer"
+    )
     p.add_argument("-o", "--output", required=True, help="output model .safetensors")
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
 
-    for module in ("evaluation.cli", "train.cli", "data.cli"):
+    for module in ("evaluation.cli", "train.cli", "data.cli", "onnx_export"):
         try:
             mod = __import__(f"spectrostream.{module}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:  # optional extras (e.g. tensorboard) not installed
@@ -301,18 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse and run one command; the exit status comes from :func:`errors.exit_status`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (*USER_ERRORS, UsageError) as e:
-        return _fail(str(e))
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        return _fail(f"{e.filename}: {e.strerror}")
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
+    if getattr(args, "threads", None) is not None:
+        from .runtime import set_threads  # imports torch: only when asked
+
+        set_threads(args.threads)
+    return exit_status(args.func)(args)
 
 
 if __name__ == "__main__":

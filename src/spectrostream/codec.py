@@ -1,47 +1,69 @@
-"""The public codec: audio <-> codes <-> .ssc bytes, bit-rate choice, load and save.
+"""The public codec: audio tensors <-> code tensors <-> .ssc bytes, bit-rate and channel
+policy, load and save. Files, directories and pipes are :mod:`spectrostream.files`.
 
-Every path runs the streaming encoder/decoder over bounded chunks, so a one-hour file and a
+Every path runs the streaming encoder/decoder over bounded chunks, so a one-hour input and a
 one-second clip go through the same code, and memory does not grow with the input length.
 
-Alignment: ``encode`` appends one code frame of zeros (the decoder's look-ahead), so T samples
+Alignment: ``encode`` appends one frame of silence (the decoder's look-ahead), so T samples
 give ``ceil(T / 1920) + 1`` code frames and ``decode`` returns at least T samples.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from . import audio_io, bitstream
-from .audio_io import AudioError
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
+from .decoder import Decoder
+from .device import exact_fp32, resolve_device, resolve_dtype
+from .encoder import Encoder
+from .errors import AudioError, BitstreamError, ModelError, UsageError
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
-from .official import PARTS, ModelError, parts_present
+from .official import PARTS, parts_present
+from .runtime import set_threads
+from .weights import (
+    DEFAULT_MODEL,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODELS_DIR,  # noqa: F401  (re-exported: its old home)
+    resolve_model,
+    write_model,
+)
+from .weights import state_model_id as _state_model_id
 
-FORMAT_NAME = "spectrostream"
-FORMAT_VERSION = "1"
-DEFAULT_MODEL = "default"
-MODELS_DIR = Path(__file__).parent / "models"
 # Audio per streaming step in batch and file processing: bounds memory (the official model's
 # activations for 2 s are about 0.7 GB; measured in docs/benchmarks.md).
 CHUNK_SAMPLES = 2 * SAMPLE_RATE
 CHUNK_FRAMES = CHUNK_SAMPLES // SAMPLES_PER_CODE
+# Integer PCM is scaled by its dtype's range: int16 32767 -> 32767 / 32768.
+_PCM_SCALE = {torch.int8: 2.0**7, torch.int16: 2.0**15, torch.int32: 2.0**31}
+# Clips coded together by ``encode`` of a list (padded to the longest of each batch).
+BATCH_CLIPS = 16
 
-ProgressFn = Callable[[int], None]
 
-
-def _state_model_id(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
-    h = hashlib.sha256(config.to_json().encode())
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().to(torch.float16).cpu().numpy().tobytes())
-    return f"ss-{h.hexdigest()[:16]}"
+def as_float_audio(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Any array of samples -> a float32 CPU tensor; integer PCM (int8/16/32, uint8) scaled
+    to [-1, 1) by its dtype's range, floats taken as they are."""
+    if isinstance(audio, np.ndarray) and audio.dtype == np.uint8:
+        audio = audio.astype(np.int16) - 128
+        return torch.from_numpy(audio.astype(np.float32) / 2.0**7)
+    x = audio.detach().cpu() if isinstance(audio, torch.Tensor) else torch.as_tensor(audio)
+    if x.dtype == torch.uint8:
+        return (x.to(torch.int16) - 128).float() / 2.0**7
+    if x.dtype in _PCM_SCALE:
+        return (x.double() / _PCM_SCALE[x.dtype]).float()
+    if not x.is_floating_point():
+        raise AudioError(
+            f"audio of dtype {x.dtype} is ambiguous: give float samples in [-1, 1] or "
+            "int8/int16/int32/uint8 PCM"
+        )
+    return x.float()
 
 
 class Codec:
@@ -56,6 +78,7 @@ class Codec:
         self.parts = tuple(parts)
         state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in self.parts}
         self.model_id = model_id or _state_model_id(state, self.config)
+        self._dtype = torch.float32
 
     # ---- properties ---------------------------------------------------------------------
     sample_rate = SAMPLE_RATE
@@ -67,19 +90,64 @@ class Codec:
 
     @property
     def num_levels(self) -> int:
-        return self.config.num_quantizers
+        return self.config.num_levels
 
     @property
     def device(self) -> torch.device:
         return self.model.quantizer.codebooks.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the encoder and decoder convolutions (the RVQ is always float32)."""
+        return self._dtype
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> Codec:
+        """Move to ``device`` (``auto``/``cpu``/``cuda``/``mps``) and/or run the convolutions in
+        ``dtype`` (``fp32``/``bf16``/``fp16``). STFT, iSTFT and the codebooks stay float32.
+
+        Casting is one way: a codec in bf16/fp16 cannot go back (load it again). Raises
+        ModelError for a device that is not available. Returns self.
+        """
+        if device is not None:
+            self.model.to(resolve_device(device))
+        if dtype is not None:
+            self._set_dtype(resolve_dtype(dtype))
+        return self
+
+    def _set_dtype(self, dtype: torch.dtype) -> None:
+        if dtype == self._dtype:
+            return
+        if self._dtype != torch.float32:
+            raise ModelError(
+                f"the weights are already cast to {self._dtype}; their float32 values are gone, "
+                "so load the model again for another dtype"
+            )
+        self._dtype = dtype
+        # Inputs are cast to the convolutions' dtype, outputs back to float32 for the RVQ
+        # search and the iSTFT.
+        for net in (self.model.encoder, self.model.decoder):
+            net.to(dtype)
+            net.register_forward_pre_hook(lambda m, args: (args[0].to(dtype),))
+            net.register_forward_hook(lambda m, args, out: out.float())
+
+    def _exact(self) -> AbstractContextManager[None]:
+        """IEEE float32 for the RVQ search (and for the convolutions in fp32 mode)."""
+        return exact_fp32(self.device, convs=self._dtype == torch.float32)
+
     def levels_for(self, kbps: float | None = None, levels: int | None = None) -> int:
-        """Levels for a total bit rate (250 bit/s per level for 1024 codes), or checked ``levels``."""
+        """Levels for a total bit rate (250 bit/s per level for 1024 codes), or checked ``levels``.
+
+        Out of range is an error (never clamped); neither given means every level.
+        """
         if kbps is not None and levels is not None:
-            raise ValueError("give kbps or levels, not both")
+            raise UsageError("give kbps or levels, not both")
         if levels is not None:
-            if not 1 <= int(levels) <= self.num_levels:
-                raise ValueError(f"levels must be in 1..{self.num_levels}, got {levels}")
+            if isinstance(levels, bool) or not isinstance(levels, int | np.integer):
+                raise UsageError(f"levels must be an integer, got {levels!r}")
+            if not 1 <= levels <= self.num_levels:
+                raise UsageError(f"levels must be in 1..{self.num_levels}, got {levels}")
             return int(levels)
         if kbps is None:
             return self.num_levels
@@ -94,102 +162,227 @@ class Codec:
                 "--checkpoint for a full codec)"
             )
 
-    # ---- audio preparation --------------------------------------------------------------
-    def _to_model_channels(self, x: np.ndarray, name: str = "audio") -> np.ndarray:
-        """[C, T] -> [model C, T]: mono becomes dual-mono; other counts are errors."""
-        c = x.shape[0]
-        if c == self.channels:
-            return x
-        if c == 1:
-            return np.repeat(x, self.channels, axis=0)
-        raise AudioError(
-            f"{name}: {c} channels; this model codes {self.channels} "
-            f"(mono is coded as dual-mono); downmix first"
-        )
+    # ---- channel policy -----------------------------------------------------------------
+    def to_model_channels(self, x: torch.Tensor, name: str = "audio") -> torch.Tensor:
+        """[..., C, T] -> [..., model C, T]: mono becomes dual-mono; other counts are errors."""
+        return audio_io.to_channels(x, self.channels, name=name)
 
     @staticmethod
-    def _check_audio(x: np.ndarray, name: str = "audio") -> None:
-        if x.shape[-1] == 0:
-            raise AudioError(f"{name}: no samples")
-        if not np.isfinite(x).all():
-            raise AudioError(f"{name}: contains NaN or Inf samples")
+    def restore_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+        """[model C, T] -> [channels, T]: dual-mono back to mono (the mean), else unchanged."""
+        return audio_io.to_channels(x, channels, downmix=True)
 
-    # ---- streaming cores ----------------------------------------------------------------
+    # ---- streaming cores (tensors in, tensors out) ---------------------------------------
     @torch.inference_mode()
-    def _encode_stream(
-        self, blocks: Iterable[np.ndarray], levels: int, batch: int = 1
-    ) -> Iterator[np.ndarray]:
-        """48 kHz blocks [B, C, n] (model channels) -> code chunks [B, L, m], flushed at the end."""
+    def encode_blocks(
+        self, blocks: Iterable[torch.Tensor], levels: int, batch: int = 1
+    ) -> Iterator[torch.Tensor]:
+        """48 kHz blocks [B, model C, n] -> code chunks [B, L, m] (CPU int64), flushed at the end."""
         self._need("encoder", "quantizer")
         with StreamingEncoder(self.model, levels) as enc:
             for block in blocks:
-                codes = enc.push(torch.from_numpy(np.ascontiguousarray(block)).to(self.device))
+                with self._exact():
+                    codes = enc.push(block.to(self.device, torch.float32))
                 if codes.shape[-1]:
-                    yield codes.cpu().numpy()
+                    yield codes.cpu()
             zeros = torch.zeros(batch, self.channels, SAMPLES_PER_CODE, device=self.device)
-            yield enc.push(zeros).cpu().numpy()
-            yield enc.flush(batch, self.channels).cpu().numpy()
+            with self._exact():
+                last = [enc.push(zeros), enc.flush(batch, self.channels)]
+            yield from (c.cpu() for c in last)
 
     @torch.inference_mode()
-    def _decode_stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """code chunks [B, L, m] -> 48 kHz audio [B, C, n]."""
+    def decode_chunks(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """code chunks [B, L, m] -> 48 kHz audio [B, model C, n] (CPU float32)."""
         self._need("quantizer", "decoder")
         with StreamingDecoder(self.model) as dec:
             for codes in chunks:
-                if codes.shape[1] > self.num_levels:
-                    raise ModelError(
-                        f"codes have {codes.shape[1]} levels, the model {self.num_levels}"
-                    )
-                if codes.size and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
-                    raise ModelError(f"codes must be in 0..{self.config.codebook_size - 1}")
                 for i in range(0, codes.shape[-1], CHUNK_FRAMES):
-                    part = torch.from_numpy(np.ascontiguousarray(codes[..., i : i + CHUNK_FRAMES]))
-                    yield dec.push(part.long().to(self.device)).cpu().numpy()
+                    part = codes[..., i : i + CHUNK_FRAMES].to(self.device)
+                    with self._exact():
+                        audio = dec.push(part)
+                    yield audio.float().cpu()
 
-    # ---- array API ----------------------------------------------------------------------
-    def _prepare_batch(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
-        x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    # ---- tensor API ---------------------------------------------------------------------
+    def _prepare_batch(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """[C, T] or [B, C, T] at any rate -> [B, model C, T48] float32."""
+        x = as_float_audio(audio)
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3:
-            raise AudioError(f"audio must be [C, T] or [B, C, T], got shape {x.shape}")
-        if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+            raise AudioError(f"audio must be [C, T] or [B, C, T], got shape {tuple(x.shape)}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
             raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        x = x.astype(np.float32, copy=False)
-        self._check_audio(x)
-        items = [
-            self._to_model_channels(audio_io.resample(item, int(sample_rate), SAMPLE_RATE))
-            for item in x
-        ]
-        return np.stack(items)
+        if sample_rate <= 0:
+            raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        self.check_samples(x)
+        x = self.to_model_channels(x)
+        if sample_rate != SAMPLE_RATE:  # soxr works on numpy: the one crossing on this path
+            x = torch.from_numpy(
+                np.stack([audio_io.resample(i.numpy(), int(sample_rate), SAMPLE_RATE) for i in x])
+            )
+        return x
+
+    @staticmethod
+    def check_samples(x: torch.Tensor, name: str = "audio") -> None:
+        """Refuse empty audio and NaN/Inf samples."""
+        if x.shape[-1] == 0:
+            raise AudioError(f"{name}: no samples")
+        if not torch.isfinite(x).all():
+            raise AudioError(f"{name}: contains NaN or Inf samples")
 
     def encode(
         self,
-        audio: np.ndarray | torch.Tensor,
-        sample_rate: int,
+        audio: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        sample_rate: int | Sequence[int],
         kbps: float | None = None,
         levels: int | None = None,
-    ) -> torch.Tensor:
-        """audio [B, C, T] or [C, T] at any rate -> codes int64 [B, L, ceil(T48 / 1920) + 1]."""
+        batch_size: int = BATCH_CLIPS,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """audio [B, C, T] or [C, T] at any rate -> codes int64 [B, L, ceil(T48 / 1920) + 1].
+
+        Float samples are taken as they are; integer PCM is scaled by its dtype's range.
+        A list of clips [C, T_i] (any lengths; ``sample_rate`` one rate or one per clip) gives a
+        list of codes [L, ceil(T48_i / 1920) + 1], each equal to encoding that clip alone: see
+        ``encode_clips``.
+        """
         n = self.levels_for(kbps, levels)
-        x = self._prepare_batch(audio, sample_rate)
+        if isinstance(audio, list | tuple):
+            one_rate = isinstance(sample_rate, int | np.integer)
+            rates = [sample_rate] * len(audio) if one_rate else list(sample_rate)
+            if len(rates) != len(audio):
+                raise AudioError(f"{len(audio)} clips but {len(rates)} sample rates")
+            clips = [self._prepare_batch(a, sr)[0] for a, sr in zip(audio, rates, strict=True)]
+            return self.encode_clips(clips, n, batch_size)
+        return self._encode_padded(self._prepare_batch(audio, sample_rate), n)
+
+    def _encode_padded(self, x: torch.Tensor, levels: int) -> torch.Tensor:
+        """48 kHz [B, C, T] (model channels) -> codes [B, L, ceil(T / 1920) + 1]."""
         blocks = (x[..., i : i + CHUNK_SAMPLES] for i in range(0, x.shape[-1], CHUNK_SAMPLES))
-        return torch.from_numpy(np.concatenate(list(self._encode_stream(blocks, n, len(x))), -1))
+        return torch.cat(list(self.encode_blocks(blocks, levels, len(x))), -1)
+
+    def encode_clips(
+        self, clips: Sequence[torch.Tensor], levels: int, batch_size: int = BATCH_CLIPS
+    ) -> list[torch.Tensor]:
+        """48 kHz clips [C, T_i] (model channels) -> codes [L, ceil(T_i / 1920) + 1] each.
+
+        Clips are sorted by length and coded ``batch_size`` at a time, zero-padded on the right
+        to the longest of their batch. No padding reaches the codes: the network is causal, code
+        frame j depends only on samples up to 1920 j + 2399, and coding a clip alone zero-fills
+        its end in the same way (the appended frame of silence plus the last STFT frame's
+        look-ahead), so every kept frame sees exactly the input it sees alone. The frames past a
+        clip's own count are dropped. Equality is exact on the CPU (tested); on CUDA, cuDNN may
+        choose other kernels for other batch shapes, which can move rare near-ties.
+        """
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        clips = [torch.as_tensor(c, dtype=torch.float32) for c in clips]
+        out: list[torch.Tensor | None] = [None] * len(clips)
+        order = sorted(range(len(clips)), key=lambda i: -clips[i].shape[-1])
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            longest = clips[idx[0]].shape[-1]
+            x = torch.zeros(len(idx), self.channels, longest)
+            for row, i in enumerate(idx):
+                self.check_samples(clips[i])
+                x[row, :, : clips[i].shape[-1]] = clips[i]
+            codes = self._encode_padded(x, levels)
+            for row, i in enumerate(idx):
+                frames = -(-clips[i].shape[-1] // SAMPLES_PER_CODE) + 1
+                out[i] = codes[row, :, :frames].contiguous()
+        return out  # type: ignore[return-value]
 
     def decode(self, codes: torch.Tensor | np.ndarray, length: int | None = None) -> torch.Tensor:
-        """codes [B, L, N] (or [L, N]) -> audio [B, C, (N - 1) * 1920] at 48 kHz (cut to ``length``)."""
-        c = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        """codes [B, L, N] (or [L, N]) -> audio [B, C, (N - 1) * 1920] at 48 kHz (cut to
+        ``length``); fewer than two frames give no samples."""
+        c = self._codes_tensor(codes)
+        empty = torch.zeros(c.shape[0], self.channels, 0)
+        out = torch.cat([empty, *self.decode_chunks([c])], -1)
+        return out[..., :length] if length is not None else out
+
+    # ---- tokens for language models ----------------------------------------------------
+    @property
+    def codebooks(self) -> torch.Tensor:
+        """The RVQ codebooks, float32 [levels, codebook_size, embedding_dim] (64, 1024, 256)."""
+        self._need("quantizer")
+        return self.model.quantizer.codebooks.detach()
+
+    def _codes_tensor(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(codes)
         if c.ndim == 2:
             c = c[None]
-        if c.ndim != 3 or not np.issubdtype(c.dtype, np.integer):
+        if c.ndim != 3 or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
             raise ModelError(f"codes must be an integer array [B, L, N], got {c.dtype} {c.shape}")
-        out = np.concatenate(list(self._decode_stream([c])), -1)
-        return torch.from_numpy(out[..., :length] if length is not None else out)
+        if c.shape[1] > self.num_levels:
+            raise ModelError(f"codes have {c.shape[1]} levels, the model {self.num_levels}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.config.codebook_size):
+            raise ModelError(f"codes must be in 0..{self.config.codebook_size - 1}")
+        return c.long().to(self.device)
+
+    @torch.inference_mode()
+    def embed(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """codes [B, L, N] (or [L, N]) -> the summed codewords, float32 [B, D, N].
+
+        The decoder's input: ``decode(codes)`` is the decoder run on ``embed(codes)``.
+        """
+        self._need("quantizer")
+        return self.model.quantizer.decode(self._codes_tensor(codes))
+
+    @torch.inference_mode()
+    def quantize(self, latent: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """latent [B, D, N] (or [D, N]) -> codes int64 [B, L, N]: the greedy RVQ search
+        (IEEE float32) on the first ``levels`` levels (default: all)."""
+        self._need("quantizer")
+        z = torch.as_tensor(latent)
+        if z.ndim == 2:
+            z = z[None]
+        if z.ndim != 3 or z.shape[1] != self.config.embedding_dim:
+            raise ModelError(
+                f"latent must be [B, {self.config.embedding_dim}, N], got {tuple(z.shape)}"
+            )
+        n = self.levels_for(levels=levels)
+        with exact_fp32(self.device, convs=False):
+            return self.model.quantizer.encode(z.float().to(self.device), n)
+
+    def to_mrt_codes(
+        self, codes: torch.Tensor | np.ndarray, num_samples: int | None = None
+    ) -> torch.Tensor:
+        """Our codes [B, L, N] (or [L, N]) -> Magenta RealTime's layout: int32 [B, frames, L]
+        (or [frames, L]).
+
+        Ours carry one extra look-ahead frame (``encode`` appends a frame of silence); MRT counts
+        whole 40 ms frames of the input, ``num_samples // 1920`` at 48 kHz. With ``num_samples``
+        (the 48 kHz length that was encoded) the frame count is MRT's; without it only the
+        look-ahead frame is dropped (``ceil(T / 1920)`` frames, the last one partial).
+        """
+        if num_samples is not None and int(num_samples) < 0:
+            raise UsageError(f"num_samples must be >= 0, got {num_samples}")
+        c = self._codes_tensor(codes).cpu()
+        frames = c.shape[-1] - 1 if num_samples is None else int(num_samples) // SAMPLES_PER_CODE
+        if not 0 <= frames <= c.shape[-1]:
+            raise ModelError(
+                f"{num_samples} samples need {frames} frames; codes have {c.shape[-1]}"
+            )
+        out = c[..., :frames].transpose(1, 2).to(torch.int32).contiguous()
+        return out[0] if torch.as_tensor(codes).ndim == 2 else out
+
+    def from_mrt_codes(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Magenta RealTime tokens int [B, frames, L] (or [frames, L]; codes 0..1023, not the LM's
+        offset vocabulary) -> our layout int64 [B, L, frames] (or [L, frames]).
+
+        ``decode`` of these gives ``(frames - 1) * 1920`` samples: our decoder needs one frame of
+        look-ahead, so the last 40 ms come out only when one more frame follows.
+        """
+        t = torch.as_tensor(tokens)
+        if t.ndim not in (2, 3):
+            raise ModelError(f"tokens must be [frames, L] or [B, frames, L], got {tuple(t.shape)}")
+        c = self._codes_tensor(t.transpose(-1, -2)).cpu()
+        return c[0] if t.ndim == 2 else c
 
     # ---- bytes API ----------------------------------------------------------------------
-    def _header(
+    def header_for(
         self, sample_rate: int, channels: int, num_samples: int | None, levels: int
     ) -> bitstream.StreamHeader:
+        """The .ssc header of audio with these properties coded by this model."""
         return bitstream.StreamHeader(
             sample_rate=int(sample_rate),
             channels=int(channels),
@@ -208,135 +401,48 @@ class Codec:
         levels: int | None = None,
     ) -> bytes:
         """audio [C, T] -> .ssc bytes (original rate, channel count and length recorded)."""
-        x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        x = as_float_audio(audio)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2:
-            raise AudioError(f"compress takes audio [C, T], got shape {x.shape}")
+            raise AudioError(f"compress takes audio [C, T], got shape {tuple(x.shape)}")
         codes = self.encode(x, sample_rate, kbps=kbps, levels=levels)[0].numpy()
-        header = self._header(sample_rate, x.shape[0], x.shape[1], codes.shape[0])
+        header = self.header_for(sample_rate, x.shape[0], x.shape[1], codes.shape[0])
         return bitstream.encode_stream(header, codes)
 
-    def _check_header(self, header: bitstream.StreamHeader) -> None:
+    def check_header(self, header: bitstream.StreamHeader) -> None:
+        """A stream this model can decode: same code layout, no more levels or channels."""
         if header.codebook_size != self.config.codebook_size or header.frame_rate != CODE_RATE_HZ:
-            raise bitstream.BitstreamError(
+            raise BitstreamError(
                 f"file uses {header.codebook_size} codes at {header.frame_rate} Hz; this model "
                 f"{self.config.codebook_size} at {CODE_RATE_HZ} Hz"
             )
         if header.num_levels > self.num_levels:
-            raise bitstream.BitstreamError(
+            raise BitstreamError(
                 f"file has {header.num_levels} levels; this model has {self.num_levels}"
             )
         if header.channels > self.channels:
-            raise bitstream.BitstreamError(
+            raise BitstreamError(
                 f"file has {header.channels} channels; this model codes {self.channels}"
             )
-
-    def _restore(self, x48: np.ndarray, channels: int) -> np.ndarray:
-        return x48.mean(axis=0, keepdims=True) if channels == 1 and x48.shape[0] != 1 else x48
 
     def decompress(self, data: bytes, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
         """.ssc bytes -> (audio [C, T] float32, rate): the original rate, length and channels
         unless ``sample_rate`` asks for another rate."""
         header, codes = bitstream.decode_stream(data, expected_model_id=self.model_id)
-        self._check_header(header)
+        self.check_header(header)
         sr = header.sample_rate if sample_rate is None else int(sample_rate)
         # Resample everything decoded, then cut: the same samples as the streaming decode_file.
-        x48 = self.decode(codes[None])[0].numpy()
-        out = self._restore(audio_io.resample(x48, SAMPLE_RATE, sr), header.channels)
-        out = audio_io.fit_length(
-            out, audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
+        x48 = self.decode(torch.from_numpy(codes)[None])[0].numpy()
+        out = self.restore_channels(
+            torch.from_numpy(audio_io.resample(x48, SAMPLE_RATE, sr)), header.channels
         )
-        return torch.from_numpy(np.ascontiguousarray(out)), sr
-
-    # ---- file streaming (bounded memory) -------------------------------------------------
-    def encode_file(
-        self,
-        src: str | Path,
-        dst: BinaryIO,
-        kbps: float | None = None,
-        levels: int | None = None,
-        progress: ProgressFn | None = None,
-    ) -> bitstream.StreamHeader:
-        """Encode an audio file (or "-") to an open binary output, block by block."""
-        n = self.levels_for(kbps, levels)
-        reader = audio_io.AudioReader(src, block_frames=CHUNK_SAMPLES)
-        with reader:
-            if reader.channels not in (1, self.channels):
-                raise AudioError(
-                    f"{reader.name}: {reader.channels} channels; this model codes "
-                    f"{self.channels} (mono is coded as dual-mono); downmix first"
-                )
-            header = self._header(reader.sample_rate, reader.channels, reader.num_frames, n)
-            writer = bitstream.StreamWriter(dst, header)
-            resampler = audio_io.StreamingResampler(
-                reader.sample_rate, SAMPLE_RATE, reader.channels
-            )
-            total = 0
-
-            def blocks() -> Iterator[np.ndarray]:
-                nonlocal total
-                for block in reader:
-                    total += block.shape[1]
-                    if progress is not None:
-                        progress(block.shape[1])
-                    yield self._to_model_channels(resampler.process(block), reader.name)[None]
-                tail = resampler.flush()
-                yield self._to_model_channels(tail, reader.name)[None]
-
-            for codes in self._encode_stream(blocks(), n):
-                writer.write(codes[0])
-            if total == 0:
-                raise AudioError(f"{reader.name}: no samples")
-            writer.close(total)
-        return header
-
-    def decode_file(
-        self,
-        src: BinaryIO,
-        dst: str | Path,
-        sample_rate: int | None = None,
-        progress: ProgressFn | None = None,
-        subtype: str | None = None,
-    ) -> bitstream.StreamHeader:
-        """Decode an .ssc stream (open binary input) to an audio file (or "-"), packet by packet."""
-        reader = bitstream.StreamReader(src, expected_model_id=self.model_id)
-        header = reader.header
-        self._check_header(header)
-        sr = header.sample_rate if sample_rate is None else int(sample_rate)
-        resampler = audio_io.StreamingResampler(SAMPLE_RATE, sr, self.channels)
-        written = 0
-        # Hold back enough output to cut the exact length once the end packet tells it.
-        holdback = audio_io.resampled_length(3 * SAMPLES_PER_CODE, SAMPLE_RATE, sr) + 64
-        pending = np.zeros((header.channels, 0), dtype=np.float32)
-
-        def packets() -> Iterator[np.ndarray]:
-            for codes in reader:
-                if progress is not None:
-                    progress(codes.shape[1])
-                yield codes[None]
-
-        with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
-            for audio48 in self._decode_stream(packets()):
-                block = self._restore(resampler.process(audio48[0]), header.channels)
-                pending = np.concatenate([pending, block], axis=1)
-                cut = pending.shape[1] - holdback
-                if cut > 0:
-                    out.write(pending[:, :cut])
-                    written += cut
-                    pending = pending[:, cut:]
-            tail = np.concatenate(
-                [pending, self._restore(resampler.flush(), header.channels)], axis=1
-            )
-            want = audio_io.resampled_length(reader.num_samples, header.sample_rate, sr)
-            out.write(audio_io.fit_length(tail, max(0, want - written)))
-        return header
+        want = audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
+        return torch.from_numpy(np.ascontiguousarray(audio_io.fit_length(out.numpy(), want))), sr
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | Path, fp16: bool = False) -> None:
-        """Write safetensors with the config JSON, model id and parts in the metadata."""
-        from safetensors.torch import save_file
-
+        """Write safetensors (atomically) with the config JSON, model id and parts in the metadata."""
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in self.model.state_dict().items()
@@ -344,34 +450,7 @@ class Codec:
         }
         if fp16:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_json(),
-            "model_id": self.model_id,
-            "parts": ",".join(self.parts),
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata=meta)
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    builtin = MODELS_DIR / f"{name_or_path}.safetensors"
-    if builtin.is_file():
-        return builtin
-    if str(name_or_path) == DEFAULT_MODEL:
-        raise ModelError(
-            "no default model is installed with this package; pass --model PATH "
-            "(a .safetensors from `spectrostream export` or `spectrostream convert-official`)"
-        )
-    if p.suffix or "/" in str(name_or_path):
-        raise ModelError(f"{name_or_path}: no such model file")
-    names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
-    raise ModelError(f"unknown model {name_or_path!r}; built-in models: {names or 'none'}")
+        write_model(path, state, self.config, self.model_id, self.parts)
 
 
 def _open_model_file(path: Path):
@@ -401,38 +480,82 @@ def read_model_meta(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     return config, meta
 
 
-def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu") -> Codec:
-    """Load a codec: a path to a .safetensors model, or a built-in name (``"default"``).
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the network ``config`` describes, by name, without allocating it.
 
-    Strict: every tensor of each part the file declares must be present with its shape.
-    Tensors are copied into the model one at a time, so loading needs little extra memory.
+    The encoder and decoder are built on the meta device; the quantizer's one tensor is
+    stated (building it, or the STFT, on meta would import torch's slow reference ops for
+    ``arange``: seconds per process). A test checks that this equals
+    ``SpectroStream(config).state_dict()``.
     """
-    path = resolve_model_path(name_or_path)
+    with torch.device("meta"):
+        convs = {"encoder": Encoder(config), "decoder": Decoder(config)}
+    shapes = {
+        f"{name}.{k}": tuple(v.shape)
+        for name, part in convs.items()
+        for k, v in part.state_dict().items()
+    }
+    q = (config.num_levels, config.codebook_size, config.embedding_dim)
+    return {**shapes, "quantizer.codebooks": q}
+
+
+def _check_tensors(path: Path, f, meta: dict[str, str], config: ModelConfig) -> tuple[str, ...]:
+    """The parts a model file holds, after checking its tensor names and shapes (read from the
+    file's header) against ``config``: nothing is allocated for a file that does not match."""
+    try:
+        expected = expected_shapes(config)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: its config does not describe a network ({e})") from None
+    keys = list(f.keys())
+    parts = parts_present(dict.fromkeys(keys))
+    declared = tuple(p for p in meta.get("parts", ",".join(PARTS)).split(",") if p)
+    if parts != declared:
+        raise ModelError(f"{path}: metadata declares parts {declared} but holds {parts}")
+    wanted = {k for k in expected if k.split(".", 1)[0] in parts}
+    missing, unexpected = sorted(wanted - set(keys)), sorted(set(keys) - set(expected))
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: weights do not match the model: missing {missing[:5]} "
+            f"unexpected {unexpected[:5]}"
+        )
+    for k in keys:
+        shape = tuple(f.get_slice(k).get_shape())
+        if shape != expected[k]:
+            raise ModelError(f"{path}: {k} has shape {shape}, the model {expected[k]}")
+    return parts
+
+
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    dtype: str | torch.dtype = "fp32",
+) -> Codec:
+    """Load a codec: a path to a .safetensors model, or a name: ``"magenta-rt"`` (Google's
+    weights, downloaded from the Hugging Face Hub once at ``revision``, then cached) or
+    ``"default"`` (the shipped placeholder).
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; ``dtype``: ``"fp32"``, ``"bf16"``
+    or ``"fp16"`` for the convolutions (see ``Codec.to``). An unavailable device is a ModelError.
+
+    Strict: every tensor of each part the file declares must be present with its shape. The
+    config and the tensor shapes are checked before the network is built, and tensors are
+    copied into it one at a time, so loading needs little extra memory.
+    """
+    set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)
-    model = SpectroStream(config)
-    own = model.state_dict()
     with _open_model_file(path) as f:
-        keys = list(f.keys())
-        parts = parts_present(dict.fromkeys(keys))
-        declared = tuple(p for p in meta.get("parts", ",".join(PARTS)).split(",") if p)
-        if parts != declared:
-            raise ModelError(f"{path}: metadata declares parts {declared} but holds {parts}")
-        expected = {k for k in own if k.split(".", 1)[0] in parts}
-        missing, unexpected = sorted(expected - set(keys)), sorted(set(keys) - set(own))
-        if missing or unexpected:
-            raise ModelError(
-                f"{path}: weights do not match the model: missing {missing[:5]} "
-                f"unexpected {unexpected[:5]}"
-            )
+        parts = _check_tensors(path, f, meta, config)
+        parts_keys = list(f.keys())
+        model = SpectroStream(config)
+        own = model.state_dict()
         with torch.no_grad():
-            for k in keys:
-                shape = tuple(f.get_slice(k).get_shape())
-                if shape != tuple(own[k].shape):
-                    raise ModelError(
-                        f"{path}: {k} has shape {shape}, the model {tuple(own[k].shape)}"
-                    )
+            for k in parts_keys:
                 own[k].copy_(f.get_tensor(k))
-    return Codec(model.to(device), model_id=meta.get("model_id"), parts=parts)
+    codec = Codec(model.to(dev), model_id=meta.get("model_id"), parts=parts)
+    return codec.to(dtype=dt) if dt != torch.float32 else codec
 
 
 def model_summary(codec: Codec) -> str:

@@ -9,8 +9,12 @@ path); widths, quantizer size and channel count are fields so that smaller varia
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from .errors import ConfigError, UsageError
 
 CONFIG_VERSION = 1
 
@@ -24,9 +28,46 @@ SAMPLES_PER_CODE = HOP_SAMPLES * FRAMES_PER_CODE  # 1920 samples = 40 ms
 CODE_RATE_HZ = SAMPLE_RATE // SAMPLES_PER_CODE  # 25
 LATENT_BINS = 5  # frequency bins at the bottleneck
 
+# Upper bounds on the sizes in a config. A model file's config is read before any tensor, so
+# these keep a tiny hostile file from asking for terabytes; they are far above any sane model
+# (the official one: widths <= 512, 64 levels of 1024 codes). num_levels is bounded by
+# what an .ssc header can hold (one byte).
+MAX_WIDTH = 4096
+_SIZE_LIMITS = {
+    "audio_channels": 16,
+    "fused_channels": MAX_WIDTH,
+    "embedding_dim": MAX_WIDTH,
+    "num_levels": 255,
+    "codebook_size": 1 << 16,
+    "decoder_input_channels": MAX_WIDTH,
+    "decoder_group_channels": MAX_WIDTH,
+}
 
-class ConfigError(ValueError):
-    """A configuration is malformed or inconsistent."""
+
+def _check_size(name: str, value: object, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not 1 <= value <= high:
+        raise ConfigError(f"{name} must be in 1..{high}, got {value}")
+
+
+def levels_for_kbps(kbps: float, kbps_per_level: float, max_levels: int) -> int:
+    """The number of RVQ levels whose bit rate is closest to, and not above, ``kbps``.
+
+    The one rule for every command and API: a rate below one level or above ``max_levels``
+    levels is an error, never silently clamped.
+    """
+    if isinstance(kbps, bool) or not isinstance(kbps, numbers.Real) or not math.isfinite(kbps):
+        raise UsageError(f"bit rate must be a finite number of kbps, got {kbps!r}")
+    levels = int(min(kbps, (max_levels + 1) * kbps_per_level) / kbps_per_level + 1e-9)
+    if levels < 1:
+        raise UsageError(f"{kbps:g} kbps is below one quantizer level ({kbps_per_level:g} kbps)")
+    if levels > max_levels:
+        raise UsageError(
+            f"{kbps:g} kbps is above the maximum, {max_levels * kbps_per_level:g} kbps "
+            f"({max_levels} levels of {kbps_per_level:g} kbps)"
+        )
+    return levels
 
 
 @dataclass(frozen=True)
@@ -47,7 +88,7 @@ class ModelConfig:
     encoder_channels: tuple[int, ...] = (32, 64, 64, 128, 128, 128, 256)
     fused_channels: int = 256
     embedding_dim: int = 256
-    num_quantizers: int = 64
+    num_levels: int = 64
     codebook_size: int = 1024
     decoder_input_channels: int = 512
     decoder_group_channels: int = 512
@@ -57,28 +98,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise ConfigError(
-                f"unsupported config version {self.version} (this is {CONFIG_VERSION})"
+                f"unsupported config version {self.version!r} (this is {CONFIG_VERSION})"
             )
-        if len(self.encoder_channels) != 7:
-            raise ConfigError("encoder_channels needs 7 widths (first conv, enc0..enc5)")
-        if len(self.decoder_channels) != 6:
-            raise ConfigError("decoder_channels needs 6 widths (dec1..dec6)")
-        if self.audio_channels < 1:
-            raise ConfigError("audio_channels must be >= 1")
-        for name in (
-            "fused_channels",
-            "embedding_dim",
-            "num_quantizers",
-            "codebook_size",
-            "decoder_input_channels",
-            "decoder_group_channels",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        if any(c < 1 for c in self.encoder_channels + self.decoder_channels):
-            raise ConfigError("all widths must be >= 1")
-        if self.codebook_size > 1 << 16:
-            raise ConfigError("codebook_size must be <= 65536")
+        if not isinstance(self.weight_norm, bool):
+            raise ConfigError(f"weight_norm must be true or false, got {self.weight_norm!r}")
+        for name, count in (("encoder_channels", 7), ("decoder_channels", 6)):
+            widths = getattr(self, name)
+            if not isinstance(widths, tuple) or len(widths) != count:
+                raise ConfigError(f"{name} needs {count} widths, got {widths!r}")
+            for w in widths:
+                _check_size(name, w, MAX_WIDTH)
+        for name, high in _SIZE_LIMITS.items():
+            _check_size(name, getattr(self, name), high)
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -89,16 +120,13 @@ class ModelConfig:
     def kbps_per_level(self) -> float:
         return CODE_RATE_HZ * self.bits_per_code / 1000.0
 
+    @property
+    def max_kbps(self) -> float:
+        return self.num_levels * self.kbps_per_level
+
     def levels_for_kbps(self, kbps: float) -> int:
-        """Number of RVQ levels whose bit rate is closest to, and not above, ``kbps``."""
-        if not (kbps > 0):
-            raise ConfigError(f"bit rate must be positive, got {kbps}")
-        levels = int(kbps / self.kbps_per_level + 1e-9)
-        if levels < 1:
-            raise ConfigError(
-                f"{kbps} kbps is below one quantizer level ({self.kbps_per_level:g} kbps)"
-            )
-        return min(levels, self.num_quantizers)
+        """Levels for a total bit rate (see :func:`levels_for_kbps`: out of range is an error)."""
+        return levels_for_kbps(kbps, self.kbps_per_level, self.num_levels)
 
     # ---- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +143,8 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError("model config must be a JSON object")
+        if "num_quantizers" in d and "num_levels" not in d:  # its name in files before 0.2
+            d = {("num_levels" if k == "num_quantizers" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -158,7 +188,7 @@ def small_config(audio_channels: int = 2) -> ModelConfig:
 
 
 def tiny_config(
-    audio_channels: int = 2, num_quantizers: int = 8, codebook_size: int = 64
+    audio_channels: int = 2, num_levels: int = 8, codebook_size: int = 64
 ) -> ModelConfig:
     """A very small network for unit tests (runs in milliseconds on a CPU)."""
     return ModelConfig(
@@ -166,7 +196,7 @@ def tiny_config(
         encoder_channels=(4, 4, 4, 8, 8, 8, 8),
         fused_channels=8,
         embedding_dim=16,
-        num_quantizers=num_quantizers,
+        num_levels=num_levels,
         codebook_size=codebook_size,
         decoder_input_channels=8,
         decoder_group_channels=8,

@@ -8,11 +8,14 @@ samples per frame; output sample n lines up with input sample n.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .config import HOP_SAMPLES, N_FFT, STFT_BINS
-from .streaming import StreamingModule
+from .streaming import KEEP_MAX_FRAMES, FrameBuffer, StreamingModule
+
+KEEP_MAX_SAMPLES = KEEP_MAX_FRAMES * HOP_SAMPLES
 
 
 def analysis_window(dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -36,18 +39,23 @@ class STFT(StreamingModule):
         self.register_buffer("window", analysis_window(), persistent=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        pending = self._load_state()
-        buf = audio if pending is None else torch.cat([pending, audio], dim=-1)
+        pending: FrameBuffer | None = self._load_state()
+        if pending is None:
+            pending = FrameBuffer.zeros(audio, -1, 0, audio.shape[-1], KEEP_MAX_SAMPLES)
+        buf = pending.append(audio)
         length = buf.shape[-1]
         frames = (length - N_FFT) // HOP_SAMPLES + 1 if length >= N_FFT else 0
-        self._store_state(buf[..., frames * HOP_SAMPLES :])
         b, c = buf.shape[:2]
         if frames == 0:
-            return buf.new_zeros(b, c, 2, 0, STFT_BINS)
-        used = buf[..., : (frames - 1) * HOP_SAMPLES + N_FFT].float()
-        x = used.unfold(-1, N_FFT, HOP_SAMPLES) * self.window  # [B, C, frames, 960]
-        spec = torch.fft.rfft(x, n=N_FFT, dim=-1)[..., :STFT_BINS]
-        return torch.stack([spec.real, spec.imag], dim=2)
+            spec = buf.new_zeros(b, c, 2, 0, STFT_BINS)
+        else:
+            used = buf[..., : (frames - 1) * HOP_SAMPLES + N_FFT].float()
+            x = used.unfold(-1, N_FFT, HOP_SAMPLES) * self.window  # [B, C, frames, 960]
+            z = torch.fft.rfft(x, n=N_FFT, dim=-1)[..., :STFT_BINS]
+            spec = torch.stack([z.real, z.imag], dim=2)
+        pending.consume(frames * HOP_SAMPLES)
+        self._store_state(pending)
+        return spec
 
     def frames_for(self, num_samples: int) -> int:
         """Offline frame count for ``num_samples`` (zero-filled past the end)."""
@@ -63,9 +71,9 @@ class ISTFT(StreamingModule):
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         b, c, _, frames, _ = spec.shape
-        tail = self._load_state()
+        tail: OverlapTail | None = self._load_state()
         if tail is None:
-            tail = spec.new_zeros(b, c, HOP_SAMPLES, dtype=torch.float32)
+            tail = OverlapTail(spec.new_zeros(b, c, HOP_SAMPLES, dtype=torch.float32))
         if frames == 0:
             self._store_state(tail)
             return spec.new_zeros(b, c, 0, dtype=torch.float32)
@@ -74,7 +82,16 @@ class ISTFT(StreamingModule):
         z = torch.nn.functional.pad(z, (0, 1))  # zero Nyquist bin
         y = torch.fft.irfft(z, n=N_FFT, dim=-1) * self.window  # [B, C, frames, 960]
         head, second = y[..., :HOP_SAMPLES], y[..., HOP_SAMPLES:]
-        prev = torch.cat([tail.unsqueeze(2), second[:, :, :-1]], dim=2)
-        out = (head + prev).reshape(b, c, frames * HOP_SAMPLES)
-        self._store_state(second[:, :, -1])
-        return out
+        out = head.clone()
+        out[:, :, 0] += tail.samples
+        out[:, :, 1:] += second[:, :, :-1]
+        tail.samples = second[:, :, -1]
+        self._store_state(tail)
+        return out.reshape(b, c, frames * HOP_SAMPLES)
+
+
+@dataclass
+class OverlapTail:
+    """ISTFT state: the second half of the last frame, added to the next frame's first [B, C, 480]."""
+
+    samples: torch.Tensor

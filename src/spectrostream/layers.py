@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from .streaming import StreamingModule
+from .streaming import FrameBuffer, StreamingModule, tensor_version
 
 # CPU inference: oneDNN convolutions whose weights are reordered to oneDNN's blocked layout
 # ("prepacked") once per weight version, not on every call. Streaming runs each conv on a few
@@ -47,6 +47,7 @@ def _prepacked_path(x: torch.Tensor, conv: nn.Module) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
         and torch.backends.mkldnn.is_available()
         and bool(torch.backends.mkldnn.enabled)
         and not parametrize.is_parametrized(conv)
@@ -74,7 +75,7 @@ class _PackedWeight:
         shape: tuple[int, ...],
         pack: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        key = (w.data_ptr(), w._version, tuple(w.shape))
+        key = (w.data_ptr(), tensor_version(w), tuple(w.shape))
         if key != self.key:
             self.packed.clear()
             self.key = key
@@ -154,22 +155,36 @@ def semicausal_left(kernel: int, stride: int) -> int:
 class _TimeWindowed(StreamingModule):
     """Buffers time frames so that each output sees a full window of ``kernel_t`` frames.
 
-    The state holds the frames not yet consumed; it starts as ``left`` zero frames.
+    The state is a :class:`FrameBuffer` of the frames not yet consumed; it starts as ``left``
+    zero frames. Layers without left padding whose input fills whole windows keep no state.
     """
 
     def __init__(self, kernel_t: int, stride_t: int, left: int) -> None:
         super().__init__()
         self.kernel_t, self.stride_t, self.left = kernel_t, stride_t, left
+        self._passthrough = left == 0 and kernel_t == stride_t
 
-    def _window(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        state = self._load_state()
+    def _window(
+        self, x: torch.Tensor, elu: bool = False
+    ) -> tuple[torch.Tensor, int, FrameBuffer | None]:
+        """Adds x [B, C, T, F] (ELU applied if asked) -> (whole windows, count, state to advance)."""
+        state: FrameBuffer | None = self._load_state()
+        t = x.shape[2]
+        if state is None and self._passthrough and t % self.stride_t == 0:
+            return (F.elu(x) if elu else x), t // self.stride_t, None
         if state is None:
-            state = x.new_zeros(x.shape[0], x.shape[1], self.left, x.shape[3])
-        buf = torch.cat([state, x], dim=2) if state.shape[2] else x
+            state = FrameBuffer.zeros(x, 2, self.left, t)
+        buf = state.append(x, elu)
         length = buf.shape[2]
         n = (length - self.kernel_t) // self.stride_t + 1 if length >= self.kernel_t else 0
-        self._store_state(buf[:, :, n * self.stride_t :])
-        return buf[:, :, : max(0, (n - 1) * self.stride_t + self.kernel_t)], n
+        return buf.narrow(2, 0, max(0, (n - 1) * self.stride_t + self.kernel_t)), n, state
+
+    def _advance(self, state: FrameBuffer | None, n: int) -> None:
+        """After the windows are used: drop the ``n`` outputs' frames from the state."""
+        if state is None:
+            return
+        state.consume(n * self.stride_t)
+        self._store_state(None if self._passthrough and state.fill == 0 else state)
 
 
 class CausalConv2d(_TimeWindowed):
@@ -199,13 +214,15 @@ class CausalConv2d(_TimeWindowed):
     def out_bins(self, bins: int) -> int:
         return (bins + sum(self.pad_f) - self.kernel_f) // self.stride_f + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        buf, n = self._window(x)
+    def forward(self, x: torch.Tensor, elu: bool = False) -> torch.Tensor:
+        """x [B, Cin, T, F] -> conv(ELU(x) if ``elu`` else x); ELU is fused into the buffering."""
+        buf, n, state = self._window(x, elu)
         if n == 0:
-            return x.new_zeros(x.shape[0], self.cout, 0, self.out_bins(x.shape[3]))
-        if not self.pad_inside:
-            buf = F.pad(buf, self.pad_f)
-        return self.conv(buf)
+            y = x.new_zeros(x.shape[0], self.cout, 0, self.out_bins(x.shape[3]))
+        else:
+            y = self.conv(buf if self.pad_inside else F.pad(buf, self.pad_f))
+        self._advance(state, n)
+        return y
 
 
 class CausalConvTranspose2d(StreamingModule):
@@ -214,8 +231,8 @@ class CausalConvTranspose2d(StreamingModule):
     Reference semantics: zero-stuff by the stride, pad (k - 1, s - 1) in time and "same" in
     frequency (total k + s - 2, left ceil(total / 2), or k - 1 if s > k - 1), correlate with the
     stored kernel. Here: ``conv_transpose2d`` with the kernel flipped on both axes (the flip is
-    done once, by the importer), then a crop. Fully causal in time; the state is the last
-    ceil((k_t - 1) / s_t) input frames.
+    done once, by the importer), then a crop. Fully causal in time; the state is a
+    :class:`FrameBuffer` of the last ceil((k_t - 1) / s_t) input frames.
     """
 
     def __init__(
@@ -246,16 +263,17 @@ class CausalConvTranspose2d(StreamingModule):
         if weight_norm:
             parametrizations.weight_norm(self.conv, dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, elu: bool = False) -> torch.Tensor:
+        """x [B, Cin, T, F] -> conv_transpose(ELU(x) if ``elu`` else x), the kept frames."""
         b, _, t, bins = x.shape
-        state = self._load_state()
-        if state is None:
-            state = x.new_zeros(b, x.shape[1], self.context, bins)
-        buf = torch.cat([state, x], dim=2) if self.context else x
-        self._store_state(buf[:, :, buf.shape[2] - self.context :])
         if t == 0:
             return x.new_zeros(b, self.cout, 0, bins * self.stride_f)
-        y = self.conv(buf)
+        state: FrameBuffer | None = self._load_state()
+        if state is None:
+            state = FrameBuffer.zeros(x, 2, self.context, t)
+        y = self.conv(state.append(x, elu))
+        state.consume(t)
+        self._store_state(state)
         t0, f0 = self.start_t, self.start_f
         return y[:, :, t0 : t0 + t * self.stride_t, f0 : f0 + bins * self.stride_f]
 
@@ -268,10 +286,13 @@ class CausalAvgPool2d(_TimeWindowed):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        buf, n = self._window(x)
+        buf, n, state = self._window(x)
         if n == 0:
-            return x.new_zeros(x.shape[0], x.shape[1], 0, x.shape[3] // self.stride[1])
-        return F.avg_pool2d(buf, self.stride, self.stride)
+            y = x.new_zeros(x.shape[0], x.shape[1], 0, x.shape[3] // self.stride[1])
+        else:
+            y = F.avg_pool2d(buf, self.stride, self.stride)
+        self._advance(state, n)
+        return y
 
 
 def _kernel_name(prefix: str, kernel: tuple[int, int], suffix: str = "") -> str:
@@ -316,8 +337,8 @@ class EncoderBlock(nn.Module):
         self.shortcut_layer = Shortcut(cin, cout, stride, weight_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2d_3x3(F.elu(x))
-        y = getattr(self, self.resample_name)(F.elu(y))
+        y = self.conv2d_3x3(x, elu=True)
+        y = getattr(self, self.resample_name)(y, elu=True)
         return y + self.shortcut_layer(x)
 
 
@@ -339,7 +360,7 @@ class ResidualUnit(nn.Module):
         first, second = self.conv2d_3x3, self.conv2d_3x3_a
         if self.a_first:
             first, second = second, first
-        return x + second(F.elu(first(F.elu(x))))
+        return x + second(first(x, elu=True), elu=True)
 
 
 class RepeatShortcut(nn.Module):
@@ -356,11 +377,10 @@ class RepeatShortcut(nn.Module):
         if self.conv1x1 is not None:
             x = self.conv1x1(x)
         st, sf = self.stride
-        if st > 1:
-            x = x.repeat_interleave(st, dim=2)
-        if sf > 1:
-            x = x.repeat_interleave(sf, dim=3)
-        return x
+        if st == sf == 1:
+            return x
+        b, c, t, f = x.shape  # one copy: [B, C, T, 1, F, 1] broadcast to the repeats
+        return x[:, :, :, None, :, None].expand(b, c, t, st, f, sf).reshape(b, c, t * st, f * sf)
 
 
 class DecoderBlock(nn.Module):
@@ -381,6 +401,6 @@ class DecoderBlock(nn.Module):
         self.shortcut_layer = RepeatShortcut(cin, cout, stride, weight_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = getattr(self, self.up_name)(F.elu(x))
-        y = self.conv2d_3x3(F.elu(y))
+        y = getattr(self, self.up_name)(x, elu=True)
+        y = self.conv2d_3x3(y, elu=True)
         return y + self.shortcut_layer(x)

@@ -5,7 +5,8 @@ Offline and streaming share one code path: offline is a stream fed a single chun
 
 from __future__ import annotations
 
-from typing import Self
+from dataclasses import dataclass
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,17 @@ from .config import FRAMES_PER_CODE, HOP_SAMPLES, SAMPLES_PER_CODE, ModelConfig
 from .decoder import Decoder, LookaheadTrim
 from .dsp import ISTFT, STFT
 from .encoder import Encoder
+from .errors import UsageError
 from .quantizer import ResidualVQ
-from .streaming import is_streaming, set_streaming
+from .streaming import (
+    FrameBuffer,
+    clone_state,
+    get_state,
+    is_streaming,
+    set_state,
+    set_streaming,
+)
+from .streaming import reset as reset_layers
 
 
 class SpectroStream(nn.Module):
@@ -26,9 +36,7 @@ class SpectroStream(nn.Module):
         self.config = config
         self.stft = STFT()
         self.encoder = Encoder(config)
-        self.quantizer = ResidualVQ(
-            config.num_quantizers, config.codebook_size, config.embedding_dim
-        )
+        self.quantizer = ResidualVQ(config.num_levels, config.codebook_size, config.embedding_dim)
         self.decoder = Decoder(config)
         self.trim = LookaheadTrim(FRAMES_PER_CODE)
         self.istft = ISTFT()
@@ -48,18 +56,18 @@ class SpectroStream(nn.Module):
         """emb [B, D, N] -> audio [B, C, (N - 1) * 1920]; sample n lines up with input sample n."""
         return self.istft(self.trim(self.decoder(emb)))
 
-    def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+    def encode(self, audio: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """audio [B, C, T] -> codes [B, L, ceil(T / 1920)]."""
-        return self.quantizer.encode(self.encode_embeddings(audio), n_levels)
+        return self.quantizer.encode(self.encode_embeddings(audio), levels)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, N] -> audio [B, C, (N - 1) * 1920]."""
         return self.decode_embeddings(self.quantizer.decode(codes))
 
-    def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Quantized round trip, audio [B, C, T] -> [B, C, (ceil(T / 1920) - 1) * 1920]."""
         emb = self.encode_embeddings(audio)
-        return self.decode_embeddings(self.quantizer.quantize(emb, n_levels)[1])
+        return self.decode_embeddings(self.quantizer.quantize(emb, levels)[1])
 
     def num_parameters(self) -> int:
         """Inference parameter count, codebooks included (61,713,666 for the official config)."""
@@ -67,15 +75,19 @@ class SpectroStream(nn.Module):
 
 
 class _Stream:
-    """Turns streaming on for ``modules`` until ``close()``; one open stream per module."""
+    """Turns streaming on for ``parts`` until ``close()``; one open stream per module.
+
+    ``get_state()`` is a complete snapshot (a copy): ``set_state()`` of it continues exactly
+    where it was taken, any number of times; ``reset()`` starts a new stream.
+    """
 
     kind = "stream"
 
-    def __init__(self, modules: tuple[nn.Module, ...]) -> None:
-        if any(is_streaming(m) for m in modules):
+    def __init__(self, parts: dict[str, nn.Module]) -> None:
+        if any(is_streaming(m) for m in parts.values()):
             raise RuntimeError(f"this model already has an open streaming {self.kind}")
-        self._modules = modules
-        for m in modules:
+        self._parts = parts
+        for m in parts.values():
             set_streaming(m, True)
         self.closed = False
 
@@ -85,9 +97,28 @@ class _Stream:
 
     def close(self) -> None:
         if not self.closed:
-            for m in self._modules:
+            for m in self._parts.values():
                 set_streaming(m, False)
             self.closed = True
+
+    def reset(self) -> None:
+        """Back to the start of a stream (fresh state), staying open."""
+        self._check_open()
+        for m in self._parts.values():
+            reset_layers(m)
+        self.batch = None  # the next push fixes it again
+
+    def get_state(self) -> dict[str, Any]:
+        """A copy of the whole stream state: every layer's, plus the stream's own counters."""
+        self._check_open()
+        return {name: get_state(m) for name, m in self._parts.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._check_open()
+        if set(state) - {"stream"} != set(self._parts):
+            raise UsageError(f"not a streaming {self.kind} state")
+        for name, m in self._parts.items():
+            set_state(m, state[name])
 
     def __enter__(self) -> Self:
         return self
@@ -101,29 +132,67 @@ class StreamingEncoder(_Stream):
 
     Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``flush()``
     zero-fills the end exactly as the offline path does, so the concatenated output equals
-    ``model.encode(all_audio)``.
+    ``model.encode(all_audio)``. The network only ever sees whole code frames (groups of four
+    STFT frames; the rest waits in a buffer), so a stream of 40 ms chunks runs it with the same
+    shapes at every step, those of :class:`spectrostream.step.NetworkStep`.
     """
 
     kind = "encoder"
 
-    def __init__(self, model: SpectroStream, n_levels: int | None = None) -> None:
-        super().__init__((model.stft, model.encoder))
-        self.model, self.n_levels = model, n_levels
+    def __init__(self, model: SpectroStream, levels: int | None = None) -> None:
+        q = model.config.num_levels
+        if levels is not None and (
+            isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= q
+        ):
+            raise UsageError(f"levels must be an integer in 1..{q} or None, got {levels!r}")
+        super().__init__({"stft": model.stft, "encoder": model.encoder})
+        self.model, self.levels = model, levels
         self.samples_in = 0
+        self._frames: FrameBuffer | None = None  # STFT frames of an incomplete code frame
+        self.batch: int | None = None  # fixed by the first push
+
+    def reset(self) -> None:
+        super().reset()
+        self.samples_in, self._frames = 0, None
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["stream"] = EncoderCounters(self.samples_in, clone_state(self._frames))
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        counters = state["stream"]
+        self.samples_in, self._frames = counters.samples_in, clone_state(counters.frames)
 
     def push_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, C, n] -> embeddings [B, D, m] for the code frames completed by this chunk."""
         self._check_open()
         self.samples_in += audio.shape[-1]
-        spec = self.model.stft(audio)
-        if spec.shape[3] == 0:  # no new STFT frame: nothing downstream can change
-            b = audio.shape[0]
-            return audio.new_zeros(b, self.model.config.embedding_dim, 0)
-        return self.model.encoder(spec)
+        spec = self.model.stft(audio)  # [B, C, 2, T, 480]
+        if self._frames is None and spec.shape[3] % FRAMES_PER_CODE == 0:
+            whole = spec  # nothing pending: no copy
+        else:
+            if self._frames is None:
+                self._frames = FrameBuffer.zeros(spec, 3, 0, spec.shape[3])
+            buf = self._frames.append(spec)
+            whole = buf.narrow(3, 0, buf.shape[3] // FRAMES_PER_CODE * FRAMES_PER_CODE)
+        if whole.shape[3] == 0:  # no complete code frame: nothing downstream can change
+            return audio.new_zeros(audio.shape[0], self.model.config.embedding_dim, 0)
+        emb = self.model.encoder(whole)
+        if self._frames is not None:
+            self._frames.consume(whole.shape[3])
+            if self._frames.fill == 0:
+                self._frames = None
+        return emb
 
     def push(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio [B, C, n] -> codes [B, L, m]."""
-        return self.model.quantizer.encode(self.push_embeddings(audio), self.n_levels)
+        """audio [B, C, n] -> codes [B, L, m]. A rejected chunk leaves the stream as it was."""
+        batch = _check_push(self, audio, "audio [B, C, n]", self.model.config.audio_channels)
+        if not audio.is_floating_point():
+            raise UsageError(f"audio must be float samples, got {audio.dtype}")
+        self.batch = batch
+        return self.model.quantizer.encode(self.push_embeddings(audio), self.levels)
 
     def flush_embeddings(self, batch: int, channels: int) -> torch.Tensor:
         frames = -(-self.samples_in // SAMPLES_PER_CODE)
@@ -136,7 +205,15 @@ class StreamingEncoder(_Stream):
     def flush(self, batch: int = 1, channels: int | None = None) -> torch.Tensor:
         """Emit the remaining code frames (zero-filled end) and close the stream."""
         channels = self.model.config.audio_channels if channels is None else channels
-        return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.n_levels)
+        return self.model.quantizer.encode(self.flush_embeddings(batch, channels), self.levels)
+
+
+@dataclass
+class EncoderCounters:
+    """The streaming encoder's own state: samples pushed, STFT frames of a partial code frame."""
+
+    samples_in: int
+    frames: FrameBuffer | None
 
 
 class StreamingDecoder(_Stream):
@@ -149,20 +226,41 @@ class StreamingDecoder(_Stream):
     kind = "decoder"
 
     def __init__(self, model: SpectroStream) -> None:
-        super().__init__((model.decoder, model.trim, model.istft))
+        super().__init__({"decoder": model.decoder, "trim": model.trim, "istft": model.istft})
         self.model = model
+        self.batch: int | None = None  # fixed by the first push
 
     def push_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         self._check_open()
         return self.model.decode_embeddings(emb)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call)."""
+        """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call). A rejected
+        chunk leaves the stream as it was."""
+        batch = _check_push(self, codes, "codes [B, L, m]", None)
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise UsageError(f"codes must be integers, got {codes.dtype}")
         if codes.shape[-1] == 0:  # nothing new: the state cannot change
-            self._check_open()
             c = self.model.config.audio_channels
             return torch.zeros(codes.shape[0], c, 0, device=codes.device)
-        return self.push_embeddings(self.model.quantizer.decode(codes))
+        emb = self.model.quantizer.decode(codes)  # checks the level count and code range
+        self.batch = batch
+        return self.push_embeddings(emb)
+
+
+def _check_push(stream: _Stream, x: object, what: str, channels: int | None) -> int:
+    """Checks a chunk before it touches any state; returns its batch size."""
+    stream._check_open()
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise UsageError(f"{stream.kind} push takes {what}, got {getattr(x, 'shape', type(x))}")
+    if channels is not None and x.shape[1] != channels:
+        raise UsageError(f"audio has {x.shape[1]} channels; this model codes {channels}")
+    if stream.batch is not None and x.shape[0] != stream.batch:
+        raise UsageError(
+            f"batch size changed from {stream.batch} to {x.shape[0]} mid-stream; open a new "
+            "stream for a new batch"
+        )
+    return x.shape[0]
 
 
 def fold_weight_norm(model: nn.Module) -> nn.Module:

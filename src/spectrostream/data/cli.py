@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import soundfile as sf
-
-from spectrostream.data.debian import DEFAULT_PACKAGES, MIN_DURATION_S, DataError, build_corpus
+from spectrostream.data.debian import (
+    DEFAULT_PACKAGES,
+    MIN_DURATION_S,
+    build_corpus,
+    load_package_reports,
+)
 from spectrostream.data.pack import PackOptions, write_pack
+from spectrostream.errors import exit_status
 
 
 def add_parser(subparsers) -> None:
@@ -75,23 +79,18 @@ def add_parser(subparsers) -> None:
     pack.set_defaults(func=run_pack)
 
 
+@exit_status
 def run_debian(args: argparse.Namespace) -> int:
     out_dir: Path = args.output
     workdir: Path = args.workdir if args.workdir is not None else out_dir / ".work"
-    try:
-        result = build_corpus(
-            args.packages,
-            out_dir,
-            workdir,
-            force=args.force,
-            keep_extracted=args.keep_extracted,
-            progress=not args.no_progress,
-        )
-    except (DataError, OSError, sf.LibsndfileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from spectrostream.data.debian import load_package_reports
-
+    result = build_corpus(
+        args.packages,
+        out_dir,
+        workdir,
+        force=args.force,
+        keep_extracted=args.keep_extracted,
+        progress=not args.no_progress,
+    )
     reports = load_package_reports(out_dir)
     hours = sum(r.seconds for r in reports) / 3600
     tracks = sum(len(r.tracks) for r in reports)
@@ -104,26 +103,23 @@ def run_debian(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_status
 def run_pack(args: argparse.Namespace) -> int:
-    try:
-        options = PackOptions(
-            minutes=args.minutes,
-            valid_minutes=args.valid_minutes,
-            max_mib=args.max_mib,
-            min_excerpt_s=args.min_excerpt,
-            max_excerpt_s=args.max_excerpt,
-            seed=args.seed,
-        )
-        result = write_pack(
-            args.corpus,
-            args.output,
-            options,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (DataError, ValueError, OSError, sf.LibsndfileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    options = PackOptions(
+        minutes=args.minutes,
+        valid_minutes=args.valid_minutes,
+        max_mib=args.max_mib,
+        min_excerpt_s=args.min_excerpt,
+        max_excerpt_s=args.max_excerpt,
+        seed=args.seed,
+    )
+    result = write_pack(
+        args.corpus,
+        args.output,
+        options,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(
         f"pack {args.output}: {result.train_excerpts} train excerpts from {result.train_tracks}"
         f" tracks ({result.train_seconds / 60:.1f} min), {result.valid_excerpts} valid excerpts"

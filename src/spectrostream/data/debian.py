@@ -2,7 +2,7 @@
 
 Pipeline, one package at a time:
     apt-get download PKG  ->  dpkg-deb -x  ->  scan for audio (also inside *.pk3 / *.zip)
-    ->  drop tracks under 30 s and duplicates  ->  48 kHz stereo (soxr)  ->  16-bit FLAC
+    ->  drop tracks under 30 s and duplicates  ->  48 kHz stereo (audio_io)  ->  16-bit FLAC
     ->  DIR/{train,valid}/PKG/*.flac  +  DIR/packages/PKG.json  ->  DIR/manifest.{tsv,json}
 
 The apt-get / dpkg step (`download_package`, `extract_package`) is separate from the audio
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import io
 import json
 import os
 import re
@@ -26,11 +25,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile as sf
-import soxr
 from tqdm import tqdm
+
+from spectrostream import audio_io
+from spectrostream.audio_io import AudioError
+from spectrostream.errors import DataError
 
 SAMPLE_RATE = 48_000
 MIN_DURATION_S = 30.0
@@ -63,10 +63,6 @@ MANUAL_LICENCES: dict[str, str] = {
     # "GNU General Public License version 2 or at your option any later version"
     "wesnoth-1.16-music": "GPL-2+",
 }
-
-
-class DataError(RuntimeError):
-    """A package or file could not be turned into corpus tracks."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,45 +264,15 @@ def read_candidate(root: Path, candidate: AudioCandidate) -> bytes:
     return (root / candidate.source_path).read_bytes()
 
 
-def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.audio:
-            raise DataError("no audio stream")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp")
-        chunks = []
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray())
-        rate = stream.rate
-    if not chunks:
-        raise DataError("no audio frames decoded")
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
-
-
-def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """Decode a file's bytes to float32 audio [C, T] and its sample rate.
-
-    soundfile (libsndfile) reads Ogg Vorbis, FLAC and WAV; PyAV reads MP3.
-    """
-    if name.lower().endswith(".mp3"):
-        return _decode_with_av(data)
-    audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return np.ascontiguousarray(audio.T), int(rate)
-
-
-def to_stereo_48k_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """[C, T] float audio (C = 1 or 2) -> [T', 2] int16 at 48 kHz. Mono becomes dual mono."""
-    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+def to_stereo_48k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[C, T] float audio (C = 1 or 2) -> float32 [2, T'] at 48 kHz. Mono becomes dual mono."""
+    if audio.ndim != 2:
         raise DataError(f"expected mono or stereo audio [C, T], got shape {audio.shape}")
-    stereo = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
-    frames = np.ascontiguousarray(stereo.T, dtype=np.float32)
-    if sample_rate != SAMPLE_RATE:
-        frames = soxr.resample(frames, sample_rate, SAMPLE_RATE, quality="HQ")
-    # Quantise ourselves: libsndfile would wrap, not clip, resampler overshoots past 1.0.
-    return np.clip(np.round(frames * 32768.0), -32768, 32767).astype(np.int16)
+    try:
+        stereo = audio_io.to_channels(audio, 2, name="track")
+    except AudioError as error:
+        raise DataError(str(error)) from None
+    return audio_io.resample(stereo, sample_rate, SAMPLE_RATE)
 
 
 def split_for(track_id: str, valid_percent: float = VALID_PERCENT) -> str:
@@ -388,8 +354,6 @@ class PackageReport:
 
 _DECODE_ERRORS = (
     DataError,
-    sf.LibsndfileError,
-    av.error.FFmpegError,
     zipfile.BadZipFile,
     ValueError,
     RuntimeError,
@@ -427,7 +391,7 @@ def process_package(
             if byte_hash in seen_hashes:
                 duplicates.append((candidate.source_path, seen_hashes[byte_hash]))
                 continue
-            audio, rate = decode_audio(data, candidate.source_path)
+            audio, rate = audio_io.read_audio(data)
             duration_s = audio.shape[1] / rate
             if duration_s < min_duration_s:
                 too_short.append((candidate.source_path, round(duration_s, 3)))
@@ -437,7 +401,7 @@ def process_package(
                 seen_hashes[byte_hash] = seen_hashes["audio:" + audio_hash]
                 duplicates.append((candidate.source_path, seen_hashes[byte_hash]))
                 continue
-            pcm = to_stereo_48k_pcm16(audio, rate)
+            stereo = to_stereo_48k(audio, rate)
         except _DECODE_ERRORS as err:
             failed.append((candidate.source_path, f"{type(err).__name__}: {err}"))
             continue
@@ -448,8 +412,9 @@ def process_package(
         target = out_dir / rel_file
         target.parent.mkdir(parents=True, exist_ok=True)
         # Write beside and rename: a reader (e.g. `data pack`) never sees a half-written file.
-        partial = target.with_name(target.name + ".partial")
-        sf.write(partial, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        # 16-bit: clipped (resampler overshoot) and rounded, never wrapped (see audio_io).
+        partial = target.with_name(f"{target.stem}.partial{target.suffix}")
+        audio_io.write_audio(partial, stereo, SAMPLE_RATE, subtype="PCM_16")
         os.replace(partial, target)
         seen_hashes[byte_hash] = track_id
         seen_hashes["audio:" + audio_hash] = track_id
@@ -461,7 +426,7 @@ def process_package(
                 package=package.name,
                 package_version=package.version,
                 source_path=candidate.source_path,
-                duration_s=round(pcm.shape[0] / SAMPLE_RATE, 3),
+                duration_s=round(stereo.shape[1] / SAMPLE_RATE, 3),
                 source_sample_rate=rate,
                 source_channels=int(audio.shape[0]),
                 licence=copyright_info.licence_for(candidate.licence_path),

@@ -12,7 +12,6 @@ encode repeated. The folder on disk is measured once more after writing.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 import shutil
@@ -22,10 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
-from spectrostream.data.debian import SAMPLE_RATE, DataError, TrackRecord, load_manifest
+from spectrostream import audio_io
+from spectrostream.data.debian import SAMPLE_RATE, TrackRecord, load_manifest
+from spectrostream.errors import DataError, UsageError
 
 PACK_VERSION = 1
 MIB = 2**20
@@ -50,13 +50,13 @@ class PackOptions:
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.valid_minutes < 0:
-            raise ValueError("--minutes must be > 0 and --valid-minutes >= 0")
+            raise UsageError("--minutes must be > 0 and --valid-minutes >= 0")
         if self.max_mib <= 0:
-            raise ValueError("--max-mib must be > 0")
+            raise UsageError("--max-mib must be > 0")
         if self.sample_excerpts < 1:
-            raise ValueError("sample_excerpts must be >= 1")
+            raise UsageError("sample_excerpts must be >= 1")
         if not 0 < self.min_excerpt_s <= self.max_excerpt_s:
-            raise ValueError("need 0 < --min-excerpt <= --max-excerpt")
+            raise UsageError("need 0 < --min-excerpt <= --max-excerpt")
 
 
 @dataclass(frozen=True)
@@ -133,23 +133,21 @@ def plan_excerpts(
 
 
 def read_excerpt(corpus_dir: Path, excerpt: Excerpt) -> np.ndarray:
-    """int16 [frames, 2] from the corpus FLAC."""
-    audio, rate = sf.read(
+    """float32 [2, frames] from the corpus FLAC (16-bit, so exactly k / 32768)."""
+    audio, rate = audio_io.read_audio(
         corpus_dir / excerpt.track.file,
-        start=excerpt.start_frame,
-        frames=excerpt.frames,
-        dtype="int16",
-        always_2d=True,
+        start_frame=excerpt.start_frame,
+        num_frames=excerpt.frames,
     )
-    if rate != SAMPLE_RATE or audio.shape[1] != 2:
+    if rate != SAMPLE_RATE or audio.shape[0] != 2:
         raise DataError(
-            f"{excerpt.track.file}: expected 48 kHz stereo, got {rate} Hz x{audio.shape[1]}"
+            f"{excerpt.track.file}: expected 48 kHz stereo, got {rate} Hz x{audio.shape[0]}"
         )
     return audio
 
 
 def _dbfs(audio: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean((audio.astype(np.float64) / 32768.0) ** 2)))
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
     return 20.0 * np.log10(max(rms, 1e-10))
 
 
@@ -169,11 +167,9 @@ def avoid_silence(corpus_dir: Path, excerpt: Excerpt, rng: random.Random) -> Exc
 
 
 def encode_vorbis(audio: np.ndarray, quality: float) -> bytes:
-    """int16 [T, 2] -> Ogg Vorbis bytes. libsndfile's compression level is 1 - quality."""
-    buffer = io.BytesIO()
+    """float [2, T] -> Ogg Vorbis bytes. libsndfile's compression level is 1 - quality."""
     level = min(1.0, max(0.0, 1.0 - quality))
-    sf.write(buffer, audio, SAMPLE_RATE, format="OGG", subtype="VORBIS", compression_level=level)
-    return buffer.getvalue()
+    return audio_io.encode_audio(audio, SAMPLE_RATE, ".ogg", compression_level=level)
 
 
 def choose_quality(
@@ -187,7 +183,7 @@ def choose_quality(
     n = options.sample_excerpts
     sample = excerpts[:: max(1, len(excerpts) // n)][:n]
     audio = [read_excerpt(corpus_dir, e) for e in sample]
-    scale = sum(e.frames for e in excerpts) / sum(a.shape[0] for a in audio)
+    scale = sum(e.frames for e in excerpts) / sum(a.shape[1] for a in audio)
 
     def estimate(q: float) -> float:
         return scale * sum(len(encode_vorbis(a, q)) for a in audio)

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from spectrostream.audio_io import fit_length, read_audio, write_audio
+from spectrostream.errors import BaselineError
 
 OPUS_MIN_KBPS = 6.0
 OPUS_MAX_KBPS_PER_CHANNEL = 256.0
 OPUS_RATE = 48000
 _TIMEOUT_S = 300
-
-
-class BaselineError(RuntimeError):
-    """A baseline tool is missing or failed."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ def opus_round_trip(audio: np.ndarray, sample_rate: int, total_kbps: float) -> R
         wav_in = Path(tmp) / "in.wav"
         coded = Path(tmp) / "coded.opus"
         wav_out = Path(tmp) / "out.wav"
-        sf.write(wav_in, np.clip(audio, -1.0, 1.0).T, sample_rate, subtype="PCM_24")
+        write_audio(wav_in, audio, sample_rate, subtype="PCM_24")  # clipped to [-1, 1]
         _run(
             [
                 "opusenc",
@@ -143,15 +141,14 @@ def opus_round_trip(audio: np.ndarray, sample_rate: int, total_kbps: float) -> R
         )
         _run(["opusdec", "--quiet", "--rate", str(OPUS_RATE), str(coded), str(wav_out)])
         data = coded.read_bytes()
-        decoded, rate = sf.read(wav_out, dtype="float32", always_2d=True)
+        decoded, rate = read_audio(wav_out)
     if rate != OPUS_RATE:
         raise BaselineError(f"opusdec wrote {rate} Hz, expected {OPUS_RATE}")
-    decoded = decoded.T
     if decoded.shape[0] != channels:
         raise BaselineError(f"opusdec wrote {decoded.shape[0]} channels, expected {channels}")
     if abs(decoded.shape[1] - num_samples) > OPUS_RATE // 100:
         raise BaselineError(f"opusdec wrote {decoded.shape[1]} samples, expected {num_samples}")
-    decoded = _fit(decoded, num_samples)
+    decoded = np.ascontiguousarray(fit_length(decoded, num_samples))
     packets = ogg_packet_sizes(data)
     if len(packets) < 3:
         raise BaselineError("Opus file has no audio packets")
@@ -163,9 +160,3 @@ def opus_round_trip(audio: np.ndarray, sample_rate: int, total_kbps: float) -> R
         file_bytes=len(data),
         payload_bytes=sum(packets[2:]),  # packets 0 and 1 are OpusHead and OpusTags
     )
-
-
-def _fit(audio: np.ndarray, num_samples: int) -> np.ndarray:
-    if audio.shape[1] >= num_samples:
-        return np.ascontiguousarray(audio[:, :num_samples])
-    return np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))

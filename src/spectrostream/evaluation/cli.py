@@ -7,10 +7,10 @@ spectrostream eval --model M --data DIR [--kbps 2.7,5.3,8] [--per-channel]
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from spectrostream.evaluation.runner import BASELINES, LISTEN_FORMATS, EvalError, EvalSettings
+from spectrostream.errors import EvalError, exit_status
+from spectrostream.evaluation.runner import BASELINES, LISTEN_FORMATS, EvalSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,45 +69,40 @@ def _parse_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
+@exit_status
 def run_eval(args: argparse.Namespace) -> int:
     """Runs ``spectrostream eval``; returns the exit status (2 on user errors)."""
     from spectrostream.evaluation import report
-    from spectrostream.evaluation.metrics import MetricError
     from spectrostream.evaluation.runner import evaluate
 
-    try:
-        settings = EvalSettings(
-            kbps=_parse_rates(args.kbps),
-            per_channel=args.per_channel,
-            baselines=tuple(dict.fromkeys(args.baseline)),
-            max_clips=args.max_clips,
-            max_seconds=args.max_seconds,
-            visqol=not args.skip_visqol,
-            listen_format=args.listen_format,
-        )
-        if args.model is None and not settings.baselines:
-            raise EvalError("give --model, --baseline opus, or both")
-        codec = None
-        model_info = None
-        if args.model is not None:
-            codec = _load_codec(args.model)
-            model_info = {"path": args.model, "id": getattr(codec, "model_id", None)}
-            _check_rates_for_codec(codec, settings)
-        result = evaluate(
-            args.data,
-            args.output,
-            settings,
-            codec=codec,
-            model_info=model_info,
-            progress=not args.quiet,
-        )
-        paths = report.write_all(result, args.output)
-    except (EvalError, MetricError) as error:
-        print(f"spectrostream eval: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. an output directory that cannot be created
-        print(f"spectrostream eval: error: {error}", file=sys.stderr)
-        return 2
+    settings = EvalSettings(
+        kbps=_parse_rates(args.kbps),
+        per_channel=args.per_channel,
+        baselines=tuple(dict.fromkeys(args.baseline)),
+        max_clips=args.max_clips,
+        max_seconds=args.max_seconds,
+        visqol=not args.skip_visqol,
+        listen_format=args.listen_format,
+    )
+    if args.model is None and not settings.baselines:
+        raise EvalError("give --model, --baseline opus, or both")
+    codec = None
+    model_info = None
+    if args.model is not None:
+        from spectrostream.codec import load
+
+        codec = load(args.model)
+        model_info = {"path": args.model, "id": getattr(codec, "model_id", None)}
+        _check_rates_for_codec(codec, settings)
+    result = evaluate(
+        args.data,
+        args.output,
+        settings,
+        codec=codec,
+        model_info=model_info,
+        progress=not args.quiet,
+    )
+    paths = report.write_all(result, args.output)
     failed = sum(c.error is not None for clip in result.clips for c in clip.cells)
     failed += sum(clip.error is not None for clip in result.clips)
     print(
@@ -117,18 +112,9 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_codec(name_or_path: str) -> object:
-    from spectrostream import codec as codec_module
-
-    try:
-        return codec_module.load(name_or_path)
-    except (OSError, ValueError) as error:
-        raise EvalError(f"--model {name_or_path}: {error}") from error
-
-
 def _check_rates_for_codec(codec: object, settings: EvalSettings) -> None:
-    """Every requested rate must reach at least one RVQ level (250 bit/s)."""
+    """Every requested rate must reach at least one RVQ level; rates above the model's top are
+    run with every level and marked clamped in the report."""
     config = codec.config  # type: ignore[attr-defined]
     for rate in settings.kbps:
-        if rate < config.kbps_per_level:
-            raise EvalError(f"{rate:g} kbps is below one RVQ level ({config.kbps_per_level:g})")
+        config.levels_for_kbps(min(rate, config.max_kbps))

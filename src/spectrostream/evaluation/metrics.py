@@ -35,9 +35,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
-import soxr
+
+from spectrostream.audio_io import fit_length, resample, to_channels_first
+from spectrostream.errors import MetricError
 
 VISQOL_SPEECH_RATE = 16000
 VISQOL_AUDIO_RATE = 48000
@@ -53,30 +56,21 @@ ACTIVE_RANGE_DB = 50.0
 ILD_CLIP_DB = 30.0
 
 
-class MetricError(ValueError):
-    """Inputs that a metric cannot score (shape or rate mismatch, empty or silent audio)."""
-
-
 # --------------------------------------------------------------------------------------------
 # Shapes
 
 
 def as_channels_first(audio: np.ndarray) -> np.ndarray:
-    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``."""
-    array = np.asarray(audio, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {array.shape}")
-    return array
+    """``[T]`` or ``[C, T]`` -> float64 ``[C, T]``; MetricError if empty or of another rank."""
+    shape = np.shape(audio)
+    if len(shape) not in (1, 2) or shape[-1] == 0:
+        raise MetricError(f"audio must be non-empty [T] or [C, T], got shape {shape}")
+    return to_channels_first(audio, np.float64)
 
 
 def match_length(estimate: np.ndarray, num_samples: int) -> np.ndarray:
     """Trims or zero-pads ``estimate [C, T']`` at the end to ``[C, num_samples]``."""
-    estimate = as_channels_first(estimate)
-    if estimate.shape[1] >= num_samples:
-        return estimate[:, :num_samples]
-    return np.pad(estimate, ((0, 0), (0, num_samples - estimate.shape[1])))
+    return fit_length(as_channels_first(estimate), num_samples)
 
 
 def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,31 +255,24 @@ class VisqolScorer:
 
     def speech(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel speech-mode MOS (lattice): each channel resampled to 16 kHz."""
-        ref, est = _pair(reference, estimate)
-        scores = []
-        for r, e in zip(ref, est, strict=True):
-            r16 = _resample(r, sample_rate, VISQOL_SPEECH_RATE)
-            e16 = _resample(e, sample_rate, VISQOL_SPEECH_RATE)
-            scores.append(
-                float(self._speech.measure_from_arrays(r16, e16, VISQOL_SPEECH_RATE).moslqo)
-            )
-        return scores
+        return self._per_channel(self._speech, VISQOL_SPEECH_RATE, reference, estimate, sample_rate)
 
     def audio(self, reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> list[float]:
         """Per-channel audio-mode MOS at 48 kHz (input at another rate is resampled)."""
+        return self._per_channel(self._audio, VISQOL_AUDIO_RATE, reference, estimate, sample_rate)
+
+    @staticmethod
+    def _per_channel(
+        api: Any, rate: int, reference: np.ndarray, estimate: np.ndarray, sample_rate: int
+    ) -> list[float]:
         ref, est = _pair(reference, estimate)
         scores = []
         for r, e in zip(ref, est, strict=True):
-            r48 = _resample(r, sample_rate, VISQOL_AUDIO_RATE)
-            e48 = _resample(e, sample_rate, VISQOL_AUDIO_RATE)
-            scores.append(
-                float(self._audio.measure_from_arrays(r48, e48, VISQOL_AUDIO_RATE).moslqo)
-            )
+            r_at, e_at = _resample(r, sample_rate, rate), _resample(e, sample_rate, rate)
+            scores.append(float(api.measure_from_arrays(r_at, e_at, rate).moslqo))
         return scores
 
 
 def _resample(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return np.asarray(channel, dtype=np.float64)
-    out = soxr.resample(np.asarray(channel, dtype=np.float64), rate_in, rate_out, quality="VHQ")
-    return np.asarray(out, dtype=np.float64)
+    """One channel ``[T]`` -> float64 ``[T']`` (audio_io's resampler, in double precision)."""
+    return resample(channel, rate_in, rate_out, dtype=np.float64)[0]

@@ -1,83 +1,20 @@
-"""The static listening page (``index.html``) and the media it links to.
+"""The static listening page (``index.html``).
 
 The page works opened from disk: every link is relative to it. Each ``<audio>`` and ``<img>``
 carries ``data-media``; a small inline script marks each one ``data-load-state="loaded"`` or
 ``"error"`` as it loads (audio: its metadata, with ``data-duration``), and sets
 ``data-media-done="true"`` on ``<body>`` when all have settled, so a headless browser can check
 the page (tests/test_evaluation.py does, with Chromium's ``--dump-dom``).
-
-Spectrograms: mid channel ``(L + R) / 2`` (or the mono channel), STFT 2048/512 Hann, linear
-frequency 0 to 24 kHz, 80 dB range below the clip's peak, magma colour map.
+The media themselves (listening copies, spectrogram PNGs) are written by :mod:`.media`.
 """
 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
-import soundfile as sf
-
-from spectrostream.evaluation.metrics import stft_magnitude_and_phase
 
 if TYPE_CHECKING:
     from spectrostream.evaluation.runner import CellResult, ClipResult, EvalReport
-
-SPECTROGRAM_ROWS = 128
-SPECTROGRAM_MAX_COLUMNS = 480
-SPECTROGRAM_RANGE_DB = 80.0
-VORBIS_COMPRESSION_LEVEL = 0.3  # libsndfile: Vorbis quality 0.7, about 200 kbps stereo
-
-
-def write_listening_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str) -> None:
-    """Writes ``audio [C, T]`` as Ogg Vorbis (``fmt="ogg"``) or 16-bit FLAC, clipped to +-1."""
-    frames = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0).T
-    if fmt == "ogg":
-        sf.write(
-            path,
-            frames,
-            sample_rate,
-            format="OGG",
-            subtype="VORBIS",
-            compression_level=VORBIS_COMPRESSION_LEVEL,
-        )
-    elif fmt == "flac":
-        sf.write(path, frames, sample_rate, format="FLAC", subtype="PCM_16")
-    else:
-        raise ValueError(f"unknown listening format {fmt!r}")
-
-
-def spectrogram_image(audio: np.ndarray) -> np.ndarray:
-    """``[C, T]`` -> dB image ``[SPECTROGRAM_ROWS, <= SPECTROGRAM_MAX_COLUMNS]`` (low rows first)."""
-    mid = np.mean(np.asarray(audio, dtype=np.float64), axis=0, keepdims=True)
-    power = np.abs(stft_magnitude_and_phase(mid)[0, :-1]) ** 2  # [1024, frames]
-    power = power.reshape(SPECTROGRAM_ROWS, -1, power.shape[1]).mean(axis=1)
-    group = -(-power.shape[1] // SPECTROGRAM_MAX_COLUMNS)
-    columns = -(-power.shape[1] // group)
-    padded = np.pad(power, ((0, 0), (0, columns * group - power.shape[1])))
-    power = padded.reshape(SPECTROGRAM_ROWS, columns, group).max(axis=2)
-    peak = float(power.max())
-    db = 10.0 * np.log10(np.maximum(power, max(peak, 1e-20) * 1e-12))
-    top = 10.0 * np.log10(max(peak, 1e-20))
-    return np.clip(db, top - SPECTROGRAM_RANGE_DB, top)
-
-
-def write_spectrogram(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Writes a PNG spectrogram of ``audio [C, T]`` (see module docstring)."""
-    from matplotlib.image import imsave
-
-    del sample_rate  # the axis is always 0 .. sr/2; kept for a uniform call
-    image = spectrogram_image(audio)
-    imsave(
-        path,
-        image,
-        cmap="magma",
-        origin="lower",
-        vmin=float(image.max()) - SPECTROGRAM_RANGE_DB,
-        vmax=float(image.max()),
-    )
-
 
 _SCRIPT = """
 (function () {

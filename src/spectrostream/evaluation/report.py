@@ -178,7 +178,9 @@ def _per_clip_table(report: EvalReport) -> list[str]:
     lines = [header, "|---|---|---|" + "---|" * len(columns)]
     for clip in report.clips:
         if clip.error is not None:
-            lines.append(f"| {clip.name} | | | " + " | ".join("failed" for _ in columns) + " |")
+            lines.append(
+                f"| {_md(clip.name)} | | | " + " | ".join("failed" for _ in columns) + " |"
+            )
             continue
         by_key = {(c.system, c.requested_kbps): c for c in clip.cells}
         values = []
@@ -188,24 +190,36 @@ def _per_clip_table(report: EvalReport) -> list[str]:
             values.append("failed" if cell.error else ("-" if value is None else f"{value:.2f}"))
         ceiling = "-" if clip.ceiling_speech is None else f"{clip.ceiling_speech:.2f}"
         lines.append(
-            f"| {clip.name} | {clip.duration_s:.1f} | {ceiling} | " + " | ".join(values) + " |"
+            f"| {_md(clip.name)} | {clip.duration_s:.1f} | {ceiling} | " + " | ".join(values) + " |"
         )
     return lines
+
+
+def _md(text: str) -> str:
+    """File names and messages as inert Markdown text: no HTML, no table breaks, one line."""
+    import html
+
+    return html.escape(" ".join(text.split())).replace("|", "\\|").replace("`", "&#96;")
+
+
+def _code(name: str) -> str:
+    """A file name as a Markdown code span (shown literally, HTML included)."""
+    return "`" + " ".join(name.split()).replace("`", "'") + "`"
 
 
 def _failures(report: EvalReport) -> list[str]:
     lines = []
     for clip in report.clips:
         if clip.error is not None:
-            lines.append(f"- `{clip.name}`: failed to load: {clip.error}")
+            lines.append(f"- {_code(clip.name)}: failed to load: {_md(clip.error)}")
         if clip.ceiling_error is not None:
-            lines.append(f"- `{clip.name}`: ceiling score failed: {clip.ceiling_error}")
+            lines.append(f"- {_code(clip.name)}: ceiling score failed: {_md(clip.ceiling_error)}")
         for cell in clip.cells:
-            where = f"`{clip.name}` {cell.system} {cell.requested_kbps:g}"
+            where = f"{_code(clip.name)} {cell.system} {cell.requested_kbps:g}"
             if cell.error is not None:
-                lines.append(f"- {where}: {cell.error}")
+                lines.append(f"- {where}: {_md(cell.error)}")
             for metric, message in cell.metric_errors.items():
-                lines.append(f"- {where} ({metric}): {message}")
+                lines.append(f"- {where} ({metric}): {_md(message)}")
     return lines
 
 

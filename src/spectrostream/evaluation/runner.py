@@ -28,22 +28,21 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from spectrostream.audio_io import is_audio_file_name, read_audio
+from spectrostream.audio_io import is_audio_file_name, read_audio, resample
+from spectrostream.config import SAMPLES_PER_CODE
+from spectrostream.errors import EvalError
 from spectrostream.evaluation import metrics
 from spectrostream.evaluation.baselines import (
     RoundTrip,
     opus_round_trip,
     opus_tools_available,
 )
+from spectrostream.evaluation.media import LISTEN_SUBTYPES, write_listening_audio, write_spectrogram
 
 SAMPLE_RATE = 48000
 BASELINES = ("opus",)
-LISTEN_FORMATS = ("ogg", "flac")
+LISTEN_FORMATS = tuple(LISTEN_SUBTYPES)
 MEDIA_DIR = "media"
-
-
-class EvalError(ValueError):
-    """A user error in the evaluation request (bad directory, rates, missing tools)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,10 @@ class CodecSystem:
         import torch
 
         config = self.codec.config
-        levels = config.levels_for_kbps(total_kbps)  # 250 bit/s per level, rounded down
+        # 250 bit/s per level, rounded down; a rate above the model's top uses every level
+        # and is marked clamped, as Opus's floor is.
+        clamped = total_kbps > config.max_kbps
+        levels = config.levels_for_kbps(min(total_kbps, config.max_kbps))
         with torch.inference_mode():
             data = self.codec.compress(torch.from_numpy(audio), sample_rate, levels=levels)
             decoded, rate = self.codec.decompress(data)
@@ -120,7 +122,7 @@ class CodecSystem:
             audio=decoded,
             sample_rate=rate,
             target_kbps=levels * config.kbps_per_level,
-            clamped=False,
+            clamped=clamped,
             file_bytes=len(data),
             payload_bytes=(payload_bits + 7) // 8,
             levels=levels,
@@ -129,8 +131,6 @@ class CodecSystem:
 
 def _code_frames(num_samples: int, sample_rate: int) -> int:
     """Code frames the codec writes for a clip: ceil(T48 / 1920) plus one look-ahead frame."""
-    from spectrostream.config import SAMPLES_PER_CODE
-
     samples_48k = -(-num_samples * SAMPLE_RATE // sample_rate)
     return -(-samples_48k // SAMPLES_PER_CODE) + 1
 
@@ -263,8 +263,6 @@ def evaluate(
 
     The reports themselves are written by :func:`spectrostream.evaluation.report.write_all`.
     """
-    from spectrostream.evaluation import page
-
     start = time.perf_counter()
     clips = find_clips(data_dir, settings.max_clips)
     systems = build_systems(settings, codec)
@@ -285,7 +283,6 @@ def evaluate(
                 settings,
                 systems,
                 scorer,
-                page,
                 lambda text: bar.set_postfix_str(text, refresh=True),
             )
         )
@@ -310,10 +307,8 @@ def _unique_slug(stem: str, used: set[str]) -> str:
 
 
 def _load_clip(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    from spectrostream.audio_io import audio_info
-
-    source_rate = audio_info(path).sample_rate
-    audio, _ = read_audio(path, sample_rate=SAMPLE_RATE)
+    audio, source_rate = read_audio(path)
+    audio = resample(audio, source_rate, SAMPLE_RATE)
     if max_seconds is not None:
         audio = audio[:, : round(max_seconds * SAMPLE_RATE)]
     if audio.shape[1] < SAMPLE_RATE // 2:
@@ -328,7 +323,6 @@ def _evaluate_clip(
     settings: EvalSettings,
     systems: Sequence[System],
     scorer: metrics.VisqolScorer | None,
-    page: Any,
     status: Callable[[str], None],
 ) -> ClipResult:
     status(f"{slug}: load")
@@ -342,8 +336,8 @@ def _evaluate_clip(
     ext = settings.listen_format
     original_audio = media / f"original.{ext}"
     original_png = media / "original.png"
-    page.write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
-    page.write_spectrogram(out / original_png, audio, SAMPLE_RATE)
+    write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
+    write_spectrogram(out / original_png, audio, SAMPLE_RATE)
 
     ceiling: float | None = None
     ceiling_error: str | None = None
@@ -361,9 +355,7 @@ def _evaluate_clip(
             status(f"{slug}: {system.name} {requested:g} kbps")
             stem = f"{system.name}_{requested:g}kbps".replace(".", "p")
             cells.append(
-                _evaluate_cell(
-                    audio, system, requested, total, scorer, out, media / stem, ext, page
-                )
+                _evaluate_cell(audio, system, requested, total, scorer, out, media / stem, ext)
             )
     return ClipResult(
         name=slug,
@@ -388,7 +380,6 @@ def _evaluate_cell(
     out: Path,
     stem: Path,
     ext: str,
-    page: Any,
 ) -> CellResult:
     start = time.perf_counter()
     duration_s = audio.shape[1] / SAMPLE_RATE
@@ -405,8 +396,8 @@ def _evaluate_cell(
     values, per_channel, errors = score(audio, coded.audio, SAMPLE_RATE, scorer)
     audio_file = stem.with_suffix(f".{ext}")
     png_file = stem.with_suffix(".png")
-    page.write_listening_audio(out / audio_file, coded.audio, SAMPLE_RATE, ext)
-    page.write_spectrogram(out / png_file, coded.audio, SAMPLE_RATE)
+    write_listening_audio(out / audio_file, coded.audio, SAMPLE_RATE, ext)
+    write_spectrogram(out / png_file, coded.audio, SAMPLE_RATE)
     return CellResult(
         system=system.name,
         requested_kbps=requested,

@@ -9,11 +9,19 @@ A checkpoint ``RUN_DIR/checkpoints/step_XXXXXXXX.pt`` is a dict:
 It is written to a temporary file in the same folder, fsynced, then renamed over the final
 name (``os.replace``), so a process killed mid-write leaves only a stray ``.tmp`` file and the
 previous checkpoints intact. The newest ``keep`` checkpoints are kept.
+
+Each checkpoint has a sidecar ``step_XXXXXXXX.pt.sha256`` (``sha256sum`` format, written before
+the checkpoint is renamed into place) that loading verifies, so a flipped byte in the tensor
+data is an error instead of silently corrupted weights; resuming falls back to the newest
+intact checkpoint with a warning (:func:`load_latest_intact`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -22,13 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
 FORMAT = "spectrostream-train"
 VERSION = 1
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or of the wrong kind."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -52,8 +62,20 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to ``path.tmp<pid>``, fsync, then rename over ``path``."""
+    """torch.save to ``path.tmp<pid>``, fsync, write the sha256 sidecar, rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
@@ -61,6 +83,8 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        with atomic_path(checksum_path(path)) as side:
+            Path(side).write_text(f"{_sha256(tmp)}  {path.name}\n")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -82,18 +106,54 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], keep: int) -> Pa
     save_atomic(state, path)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
+        checksum_path(old).unlink(missing_ok=True)
     return path
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Compare a checkpoint with its sha256 sidecar (a warning if it has none: older runs)."""
+    side = checksum_path(path)
+    if not side.is_file():
+        if path.is_file():
+            log.warning("%s has no checksum file (%s); loading it unverified", path, side.name)
+        return
+    fields = side.read_text().split()
+    want = fields[0] if fields else ""
+    got = _sha256(path)
+    if got != want:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is corrupted (sha256 {got[:16]}..., "
+            f"{side.name} says {want[:16]}...)"
+        )
+
+
+def _check_zip_magic(path: Path) -> None:
+    """A checkpoint is a torch zip archive; anything else (audio, ``.ssc``) is refused up front."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a spectrostream training checkpoint (not a zip file)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A verified checkpoint (see :func:`verify_checkpoint`), loaded with weights_only=True."""
     p = Path(path)
+    if p.is_file():
+        _check_zip_magic(p)
+        verify_checkpoint(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint not found: {p}") from e
-    except Exception as e:
+    except pickle.UnpicklingError as e:  # torch's advice (weights_only=False) is not ours
         raise CheckpointError(
-            f"cannot read checkpoint {p} ({type(e).__name__}: {e}); remove it to fall back "
+            f"cannot read checkpoint {p}: it holds objects other than tensors and plain data, "
+            "which are never unpickled"
+        ) from e
+    except Exception as e:  # torch's messages run to many lines: keep the first
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"cannot read checkpoint {p} ({type(e).__name__}: {first}); remove it to fall back "
             "to an earlier one"
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -106,6 +166,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def load_latest_intact(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that verifies and loads; a warning for each newer one skipped."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoints in {checkpoint_dir(run_dir)}")
+    for _, path in reversed(found):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s; falling back to an older one", path.name, e)
+    raise CheckpointError(f"no intact checkpoint in {checkpoint_dir(run_dir)} (all failed checks)")
+
+
+def describe_latest(run_dir: str | Path) -> str:
+    """A true sentence about the newest checkpoint, for messages when a run stops."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return "No checkpoint was written before this."
+    return f"The newest checkpoint, {latest}, was written before this and is unaffected."
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

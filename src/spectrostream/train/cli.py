@@ -12,9 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import TrainConfig, TrainConfigError
-from .data import DataError
+from ..errors import DivergedError, exit_status
+from .config import TrainConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,23 +58,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def _error(msg: str) -> int:
-    print(f"spectrostream: error: {msg}", file=sys.stderr)
-    return 2
-
-
+@exit_status
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import DivergedError, TrainingError, train
+    from .loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = TrainConfig.from_toml(args.config)
-        if args.data:
-            cfg = cfg.with_(data={"train": tuple(args.data)})
-        if args.max_steps is not None:
-            cfg = cfg.with_(optim={"max_steps": args.max_steps})
-    except TrainConfigError as e:
-        return _error(str(e))
+    cfg = TrainConfig.from_toml(args.config)
+    if args.data:
+        cfg = cfg.with_(data={"train": tuple(args.data)})
+    if args.max_steps is not None:
+        cfg = cfg.with_(optim={"max_steps": args.max_steps})
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
         result = train(
@@ -85,28 +77,20 @@ def run_train(args: argparse.Namespace) -> int:
             init=args.init,
             max_minutes=getattr(args, "max_minutes", None),
         )
-    except DivergedError as e:
+    except DivergedError as e:  # exit 1, not 2: the config was fine, the run was not
         print(f"spectrostream: training stopped: {e}", file=sys.stderr)
         return 1
-    except (DataError, CheckpointError, TrainConfigError, TrainingError) as e:
-        return _error(str(e))
-    except KeyboardInterrupt:
-        print("spectrostream: interrupted; resume with --resume", file=sys.stderr)
-        return 130
     print(
         f"trained to step {result.step}; last checkpoint: {result.last_checkpoint}", file=sys.stderr
     )
     return 0
 
 
+@exit_status
 def run_export(args: argparse.Namespace) -> int:
-    from ..official import ModelError
     from .export import export_model
 
-    try:
-        path, step = export_model(args.run, args.output, fp16=args.fp16)
-    except (CheckpointError, ModelError) as e:
-        return _error(str(e))
+    path, step = export_model(args.run, args.output, fp16=args.fp16)
     print(f"exported {path} (step {step}) -> {args.output}", file=sys.stderr)
     return 0
 

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, official_config, small_config, tiny_config
+from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
 MODEL_PRESETS = {"official": official_config, "small": small_config, "tiny": tiny_config}
-
-
-class TrainConfigError(ValueError):
-    """A training configuration is malformed or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +288,8 @@ class TrainConfig:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise TrainConfigError(f"config file not found: {p}") from e
+        except UnicodeDecodeError as e:  # e.g. an audio file given as the config
+            raise TrainConfigError(f"{p}: not a UTF-8 TOML file") from e
         except tomllib.TOMLDecodeError as e:
             raise TrainConfigError(f"{p}: invalid TOML: {e}") from e
         try:

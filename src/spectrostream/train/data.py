@@ -1,6 +1,7 @@
 """Training data: folders of audio -> random 48 kHz crops.
 
-- Files: wav/flac/ogg/aiff via soundfile (crops read by seeking), mp3/m4a/aac/opus via PyAV.
+- Files: whatever :mod:`spectrostream.audio_io` reads; crops are read by seeking
+  (:func:`~spectrostream.audio_io.read_range`).
 - Manifest: per-file duration, rate, channels, cached in a JSON file keyed by path, mtime and
   size. Unreadable files are skipped with a warning and counted (also cached, so they are not
   probed again until they change).
@@ -15,7 +16,8 @@
   it stays reproducible): a random gain in +-``gain_db``, and with ``flips`` a polarity flip
   and a left/right swap, each with probability 1/2.
 - Channels: mono -> dual-mono for stereo models; extra channels beyond the model's are dropped;
-  a mono model gets the channel mean. Everything is resampled to 48 kHz with soxr.
+  a mono model gets the channel mean (``audio_io.to_channels(..., downmix=True)``). Everything
+  is resampled to 48 kHz with ``audio_io.resample``.
 """
 
 from __future__ import annotations
@@ -31,24 +33,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .. import audio_io
 from ..config import SAMPLE_RATE
+from ..errors import AudioError, DataError
 
 log = logging.getLogger(__name__)
 
-SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff"}
-PYAV_EXTS = {".mp3", ".m4a", ".aac", ".opus"}
-AUDIO_EXTS = SOUNDFILE_EXTS | PYAV_EXTS
 MANIFEST_VERSION = 1
 RESAMPLE_MARGIN = 256  # source samples read on each side so soxr's filter has context
-
-
-class DataError(ValueError):
-    """The data folders cannot give training data (missing, empty, all unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -67,27 +62,18 @@ class TrackInfo:
 
 
 def probe(path: Path) -> TrackInfo:
-    """Read a file's header. Raises on unreadable files."""
-    if path.suffix.lower() in SOUNDFILE_EXTS:
-        info = sf.info(str(path))
-        return TrackInfo(str(path), int(info.frames), int(info.samplerate), int(info.channels))
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate)
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            seconds = container.duration / 1_000_000
-        else:
+    """Read a file's header (compressed streams: the container's duration estimate)."""
+    info = audio_io.audio_info(path)
+    frames = info.num_frames
+    if frames is None:
+        if info.duration_s is None:
             raise ValueError("unknown duration")
-        channels = int(stream.codec_context.channels)
-    return TrackInfo(str(path), int(seconds * rate), rate, channels)
+        frames = int(info.duration_s * info.sample_rate)
+    return TrackInfo(str(path), frames, info.sample_rate, info.channels)
 
 
 def find_audio(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS)
+    return sorted(p for p in root.rglob("*") if p.is_file() and audio_io.is_audio_file_name(p))
 
 
 class Manifest:
@@ -190,7 +176,7 @@ def build_split(
         raise DataError(
             f"no usable training audio under {', '.join(map(str, roots))} "
             f"({found} audio files found, {len(failures)} unreadable, {len(valid)} held out; "
-            f"extensions: {', '.join(sorted(AUDIO_EXTS))})"
+            f"extensions: {', '.join(sorted(audio_io.AUDIO_EXTENSIONS))})"
         )
     return DataSplit(train, valid, failures)
 
@@ -198,89 +184,26 @@ def build_split(
 # ---- reading crops --------------------------------------------------------------------------
 
 
-def _read_soundfile(path: str, start: int, frames: int) -> np.ndarray:
-    data, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    return data  # [n, C]
-
-
-def _read_pyav(path: str, start: int, frames: int, rate: int) -> np.ndarray:
-    import av
-
-    chunks: list[np.ndarray] = []
-    have = 0
-    with av.open(path) as container:
-        stream = container.streams.audio[0]
-        tb = stream.time_base
-        if start > 0 and tb is not None:
-            container.seek(int(start / rate / tb), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            arr = frame.to_ndarray()
-            if arr.ndim == 1 or frame.format.is_planar is False:
-                arr = arr.reshape(-1, len(frame.layout.channels)).T
-            arr = arr.astype(np.float32)
-            if frame.format.name.startswith("s16"):
-                arr = arr / 32768.0
-            elif frame.format.name.startswith("s32"):
-                arr = arr / 2147483648.0
-            pos = round(frame.pts * tb * rate) if frame.pts is not None else start + have
-            lo = max(0, start - pos)
-            arr = arr[:, lo:]
-            if pos + lo > start + have:  # gap after the seek point: zero-fill
-                gap = min(pos + lo - (start + have), frames - have)
-                chunks.append(np.zeros((arr.shape[0], gap), np.float32))
-                have += gap
-            take = min(arr.shape[1], frames - have)
-            if take > 0:
-                chunks.append(arr[:, :take])
-                have += take
-            if have >= frames:
-                break
-    if not chunks:
-        return np.zeros((0, 1), np.float32)
-    return np.concatenate(chunks, axis=1).T  # [n, C]
-
-
-def read_segment(track: TrackInfo, start: int, frames: int) -> np.ndarray:
-    """Source-rate samples [start, start + frames) of a track, [n <= frames, C] float32."""
-    if Path(track.path).suffix.lower() in SOUNDFILE_EXTS:
-        return _read_soundfile(track.path, start, frames)
-    return _read_pyav(track.path, start, frames, track.sample_rate)
-
-
-def map_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """[C_in, T] -> [channels, T]: mono duplicated, extra channels dropped, mono model = mean."""
-    if x.shape[0] == channels:
-        return x
-    if channels == 1:
-        return x.mean(axis=0, keepdims=True)
-    if x.shape[0] == 1:
-        return np.repeat(x, channels, axis=0)
-    if x.shape[0] > channels:
-        return x[:channels]
-    raise DataError(f"cannot map {x.shape[0]} audio channels to {channels}")
-
-
 def read_crop(track: TrackInfo, start_48k: int, length: int, channels: int) -> np.ndarray:
     """A crop of ``length`` samples at 48 kHz starting at 48 kHz sample ``start_48k``,
     [channels, length] float32 (zero-filled past the end of the track)."""
     sr = track.sample_rate
     if sr == SAMPLE_RATE:
-        seg = read_segment(track, start_48k, length).T
-        out = np.zeros((seg.shape[0] if seg.size else track.channels, length), np.float32)
-        out[:, : seg.shape[1]] = seg
-        return map_channels(out, channels)
+        seg, _ = audio_io.read_range(track.path, start_48k, length)
+        return _fit_crop(seg, length, channels)
     src_start = math.floor(start_48k * sr / SAMPLE_RATE)
     src_len = math.ceil(length * sr / SAMPLE_RATE) + 1
     lo = max(0, src_start - RESAMPLE_MARGIN)
-    seg = read_segment(track, lo, src_start - lo + src_len + RESAMPLE_MARGIN)
-    if seg.shape[0] == 0:
+    seg, _ = audio_io.read_range(track.path, lo, src_start - lo + src_len + RESAMPLE_MARGIN)
+    if seg.shape[1] == 0:
         return np.zeros((channels, length), np.float32)
-    res = soxr.resample(seg, sr, SAMPLE_RATE, quality="HQ").T.astype(np.float32)
     offset = round(start_48k - lo * SAMPLE_RATE / sr)
-    out = np.zeros((res.shape[0], length), np.float32)
-    piece = res[:, offset : offset + length]
-    out[:, : piece.shape[1]] = piece
-    return map_channels(out, channels)
+    return _fit_crop(audio_io.resample(seg, sr, SAMPLE_RATE)[:, offset:], length, channels)
+
+
+def _fit_crop(audio: np.ndarray, length: int, channels: int) -> np.ndarray:
+    crop = audio_io.to_channels(audio_io.fit_length(audio, length), channels, downmix=True)
+    return np.ascontiguousarray(crop, dtype=np.float32)
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -340,6 +263,8 @@ class CropDataset(Dataset):
                 continue
             try:
                 crop = read_crop(self.tracks[i], start, self.crop_samples, self.channels)
+                if not np.isfinite(crop).all():  # one NaN file would end the run at step 1
+                    raise DataError("non-finite samples (NaN or Inf)")
             except Exception as e:
                 failures += 1
                 self.bad.add(i)
@@ -408,7 +333,14 @@ class ValidDataset(Dataset):
         crop = np.zeros((self.channels, self.crop_samples), np.float32)
         for _ in range(4):
             start = int(rng.integers(0, max(1, total - self.crop_samples + 1)))
-            crop = read_crop(track, start, self.crop_samples, self.channels)
+            try:
+                crop = read_crop(track, start, self.crop_samples, self.channels)
+                if not np.isfinite(crop).all():
+                    raise DataError("non-finite samples (NaN or Inf)")
+            except (AudioError, DataError) as e:  # a bad file must not stop validation
+                log.warning("validation file %s: %s; using silence", track.path, e)
+                crop = np.zeros((self.channels, self.crop_samples), np.float32)
+                break
             if rms_db(crop) >= self.silence_db:
                 break
         return torch.from_numpy(crop)

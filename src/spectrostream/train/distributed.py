@@ -14,8 +14,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..errors import TrainingError
 from . import checkpoint as ckpt
-from .errors import TrainingError
 
 
 @dataclass(frozen=True)

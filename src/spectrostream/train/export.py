@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..files import check_plan
 from ..model import SpectroStream, fold_weight_norm
 from .checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -23,6 +24,7 @@ def export_model(
     from ..codec import Codec
 
     path = resolve_checkpoint(run_or_checkpoint)
+    check_plan([(str(path), str(output))])  # never replace the checkpoint being exported
     state = load_checkpoint(path)
     cfg = ModelConfig.from_json(state["model_config"])
     trained = SpectroStream(cfg)

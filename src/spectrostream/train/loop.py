@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..config import SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
+from ..errors import DivergedError, TrainingError
 from ..model import SpectroStream
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -34,7 +35,6 @@ from .data import (
 )
 from .distributed import DistInfo, gather_rng, seed_all, setup_distributed
 from .distributed import out_of_time as _out_of_time
-from .errors import DivergedError, TrainingError
 from .nets import GeneratorStep, Nets, build_model, build_nets, load_init_weights
 from .rvq import QuantizerTrainer
 from .stages import fit_codebooks, needs_fit
@@ -210,10 +210,9 @@ def _open_run(run_dir: Path, resume: bool, dinfo: DistInfo) -> dict[str, Any] | 
                 "or choose another --out"
             )
         return None
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
+    if ckpt.latest_checkpoint(run_dir) is None:
         raise TrainingError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
-    state = ckpt.load_checkpoint(path, map_location="cpu")
+    path, state = ckpt.load_latest_intact(run_dir, map_location="cpu")
     if dinfo.main:
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
     return state
@@ -328,7 +327,7 @@ class _Run:
 
     def log(self, index: int, step: int) -> None:
         stats = self.runner.read_stats()
-        self.runner.check_finite(step)
+        self.runner.check_finite(step, self.run_dir)
         now = time.perf_counter()
         rate = self.steps_last / max(now - self.t_last, 1e-9)
         self.t_last, self.steps_last = now, 0
@@ -370,7 +369,7 @@ class _Run:
             dist.barrier()
 
     def checkpoint(self, step: int) -> None:
-        self.runner.check_finite(step)
+        self.runner.check_finite(step, self.run_dir)
         rngs = gather_rng(self.dinfo)
         if self.dinfo.main:
             self.last_ckpt = ckpt.save_checkpoint(

@@ -10,11 +10,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import ModelConfig
+from ..errors import TrainingError
 from ..model import SpectroStream
 from .config import TrainConfig
 from .discriminators import MultiScaleSTFTDiscriminator
 from .distributed import DistInfo
-from .errors import TrainingError
 from .init import calibrate
 from .rvq import QuantizerTrainer, RVQOutput
 
@@ -105,7 +105,7 @@ def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Ne
     elif cfg.optim.calibrate_init:
         calibrate(model)
     rvq = QuantizerTrainer(
-        model_cfg.num_quantizers,
+        model_cfg.num_levels,
         model_cfg.codebook_size,
         model_cfg.embedding_dim,
         cfg.quantizer,

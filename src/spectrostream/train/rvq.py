@@ -28,19 +28,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..quantizer import nearest_code
 from .config import QuantizerTrainConfig
 
 # Paper schedule for Q = 64: 1..16 step 1, 18..32 step 2, 36..64 step 4 (32 values, uniform).
 BIASED_LEVELS_64 = (*range(1, 17), *range(18, 33, 2), *range(36, 65, 4))
 
 
-def dropout_levels(num_quantizers: int, mode: str = "biased") -> torch.Tensor:
+def dropout_levels(num_levels: int, mode: str = "biased") -> torch.Tensor:
     """The values n is drawn from, uniformly (duplicates weight a value), LongTensor [S].
 
     "biased" is the paper's 32-value schedule for Q = 64; for other Q each value v becomes
     ceil(v * Q / 64), which keeps the 4:2:1 weighting of the three ranges of the level axis.
     """
-    q = num_quantizers
+    q = num_levels
     if mode == "biased":
         vals = [max(1, math.ceil(v * q / 64)) for v in BIASED_LEVELS_64]
     elif mode == "uniform":
@@ -57,7 +58,7 @@ class RVQOutput:
     quantized: torch.Tensor  # [B, D, N] what the decoder gets (STE; bypassed examples = z)
     commit: torch.Tensor  # scalar, mean over elements of (z - sg(zq_n))^2
     codes: torch.Tensor  # [B, Q, N] codes of all levels (before this step's EMA update)
-    n_levels: torch.Tensor  # [B] levels used per example
+    levels: torch.Tensor  # [B] levels used per example
     bypass: torch.Tensor  # [B] bool
     counts: torch.Tensor  # [Q, K] code counts in this (global) batch
 
@@ -68,7 +69,7 @@ def _dist_on() -> bool:
 
 def _nearest(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     """x [M, D], cb [K, D] -> index [M] of the nearest codeword (squared L2)."""
-    return ((cb * cb).sum(1) - 2.0 * x @ cb.t()).argmin(dim=1)
+    return nearest_code(x, cb.t(), (cb * cb).sum(1))
 
 
 def kmeans(
@@ -100,21 +101,21 @@ class QuantizerTrainer(nn.Module):
 
     def __init__(
         self,
-        num_quantizers: int,
+        num_levels: int,
         codebook_size: int,
         dim: int,
         cfg: QuantizerTrainConfig,
         init_from_codebooks: bool = False,
     ) -> None:
         super().__init__()
-        self.q, self.k, self.d = num_quantizers, codebook_size, dim
+        self.num_levels, self.k, self.d = num_levels, codebook_size, dim
         self.cfg = cfg
         self.init_from_codebooks = init_from_codebooks or not cfg.kmeans_init
-        self.register_buffer("cluster_size", torch.zeros(num_quantizers, codebook_size))
-        self.register_buffer("embed_sum", torch.zeros(num_quantizers, codebook_size, dim))
+        self.register_buffer("cluster_size", torch.zeros(num_levels, codebook_size))
+        self.register_buffer("embed_sum", torch.zeros(num_levels, codebook_size, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer(
-            "levels_table", dropout_levels(num_quantizers, cfg.dropout), persistent=False
+            "levels_table", dropout_levels(num_levels, cfg.dropout), persistent=False
         )
         self._init_checked = False  # avoids a host sync per step once initialization is known
 
@@ -138,7 +139,7 @@ class QuantizerTrainer(nn.Module):
         uniform = self._uniform_usage(x.shape[0])
         if not self.init_from_codebooks:
             residual = x.clone()
-            for level in range(self.q):
+            for level in range(self.num_levels):
                 if not _dist_on() or dist.get_rank() == 0:
                     codebooks[level] = kmeans(residual, self.k, self.cfg.kmeans_iters)
                 if _dist_on():
@@ -157,7 +158,7 @@ class QuantizerTrainer(nn.Module):
         """
         residual = x.float().clone()
         scale = self._uniform_usage(step_vectors) * self.k / x.shape[0]
-        for level in range(self.q):
+        for level in range(self.num_levels):
             if not _dist_on() or dist.get_rank() == 0:
                 codebooks[level] = kmeans(residual, self.k, self.cfg.kmeans_iters)
             if _dist_on():
@@ -189,33 +190,38 @@ class QuantizerTrainer(nn.Module):
                 if not bool(self.initialized):
                     self._initialize(x, codebooks)
                 self._init_checked = True
-            n_levels = self.sample_levels(b, device)
+            levels = self.sample_levels(b, device)
             bypass = self.sample_bypass(b, device)
-            zq, codes, counts = self._search_and_update(x, codebooks, n_levels, n)
+            zq, codes, counts = self._search_and_update(x, codebooks, levels, n)
             zq = zq.reshape(b, n, d).transpose(1, 2)
             commit = (z - zq).square().mean()
             ste = z + (zq - z).detach()
             out = torch.where(bypass[:, None, None], z, ste)
         return RVQOutput(
-            out, commit, codes.reshape(b, n, self.q).permute(0, 2, 1), n_levels, bypass, counts
+            out,
+            commit,
+            codes.reshape(b, n, self.num_levels).permute(0, 2, 1),
+            levels,
+            bypass,
+            counts,
         )
 
     @torch.no_grad()
     def _search_and_update(
-        self, x: torch.Tensor, codebooks: torch.Tensor, n_levels: torch.Tensor, frames: int
+        self, x: torch.Tensor, codebooks: torch.Tensor, levels: torch.Tensor, frames: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, d = x.shape
         device = x.device
-        rows_levels = n_levels.repeat_interleave(frames)[:, None]  # [M, 1]
-        cand_idx = torch.randint(0, m, (self.q, self.k), device=device)
-        sums = torch.zeros(self.q, self.k, d, device=device)
-        counts = torch.zeros(self.q, self.k, device=device)
-        candidates = torch.empty(self.q, self.k, d, device=device)
+        rows_levels = levels.repeat_interleave(frames)[:, None]  # [M, 1]
+        cand_idx = torch.randint(0, m, (self.num_levels, self.k), device=device)
+        sums = torch.zeros(self.num_levels, self.k, d, device=device)
+        counts = torch.zeros(self.num_levels, self.k, device=device)
+        candidates = torch.empty(self.num_levels, self.k, d, device=device)
         total = torch.zeros_like(x)
         residual = x
         codes = []
         ones = torch.ones(m, device=device)
-        for level in range(self.q):
+        for level in range(self.num_levels):
             cb = codebooks[level].float()
             idx = _nearest(residual, cb)
             chosen = cb[idx]

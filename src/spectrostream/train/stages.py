@@ -86,6 +86,6 @@ def fit_codebooks(
     if verbose:
         print(
             f"k-means: {x.shape[0]} frames collected in {t1 - t0:.0f} s, "
-            f"{rvq.q} levels fitted in {time.perf_counter() - t1:.0f} s",
+            f"{rvq.num_levels} levels fitted in {time.perf_counter() - t1:.0f} s",
             file=sys.stderr,
         )

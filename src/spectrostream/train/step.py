@@ -12,13 +12,15 @@ the device and are read every ``log_every`` steps and before each checkpoint.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import DivergedError
+from . import checkpoint as ckpt
 from .balance import output_gradient
 from .config import TrainConfig
-from .errors import DivergedError
 from .losses import (
     MultiScaleMelLoss,
     compressed_stft_loss,
@@ -113,7 +115,7 @@ class StepRunner:
         with torch.no_grad():
             self._acc("metrics/si_sdr", si_sdr(x_ref, y.detach()).mean())
             if q is not None:
-                self._acc("vq/levels_mean", q.n_levels.float().mean())
+                self._acc("vq/levels_mean", q.levels.float().mean())
                 self._acc("vq/bypass_share", q.bypass.float().mean())
                 self.last_counts = q.counts
         self.n += 1
@@ -178,9 +180,9 @@ class StepRunner:
         self.reset_stats()
         return out
 
-    def check_finite(self, step: int) -> None:
+    def check_finite(self, step: int, run_dir: Path) -> None:
         if bool(self.nonfinite):
             raise DivergedError(
-                f"non-finite loss (NaN/Inf) detected by step {step}; stopping. The last "
-                "checkpoint was written before this and is intact."
+                f"non-finite loss (NaN/Inf) detected by step {step}; stopping. "
+                + ckpt.describe_latest(run_dir)
             )

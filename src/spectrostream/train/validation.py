@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from .. import audio_io
 from ..config import SAMPLE_RATE
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
@@ -42,7 +42,8 @@ def validate(
     model = nets.model
     model.eval()
     quantized = bool(nets.rvq.initialized)
-    levels = {k: model.config.levels_for_kbps(k) for k in VALID_KBPS} if quantized else {}
+    top = model.config.max_kbps  # a small model's top rate stands in for higher ones
+    levels = {k: model.config.levels_for_kbps(min(k, top)) for k in VALID_KBPS} if quantized else {}
     sums: dict[str, float] = {}
     count = 0
     examples: dict[str, Any] = {}
@@ -148,9 +149,8 @@ def write_examples(run_dir: Path, step: int, examples: dict[str, Any], writer: A
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, audio in examples.items():
         a = audio.clamp(-1, 1)
-        sf.write(
-            out_dir / f"{name.replace('/', '_')}.wav", a.T.numpy(), SAMPLE_RATE, subtype="PCM_16"
-        )
+        path = out_dir / f"{name.replace('/', '_')}.wav"
+        audio_io.write_audio(path, a.numpy(), SAMPLE_RATE, subtype="PCM_16")
         if writer is not None:
             writer.add_audio(f"val_audio/{name}", a.mean(0), step, sample_rate=SAMPLE_RATE)
             writer.add_image(f"val_spec/{name}", spectrogram_image(a), step, dataformats="CHW")
