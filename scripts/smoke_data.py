@@ -35,10 +35,10 @@ calibrate_init = true
 
 [loss]
 balance = true
-sdr = 0.4
+sdr = 0.3
 sdr_scale_invariant = true
-cstft = 0.4
-mel = 0.2
+cstft = 0.3
+mel = 0.4
 adv_gen = 0.0
 adv_feat = 0.0
 

@@ -39,9 +39,9 @@ def recipe(steps: int) -> TrainConfig:
         optim={"lr": 3e-3, "betas": (0.9, 0.99), "max_steps": steps, "calibrate_init": True},
         loss={
             "balance": True,
-            "sdr": 0.4,
-            "cstft": 0.4,
-            "mel": 0.2,
+            "sdr": 0.3,
+            "cstft": 0.3,
+            "mel": 0.4,
             "mel_scales": (256, 1024),
             "adv_gen": 0.0,
             "adv_feat": 0.0,
