@@ -6,6 +6,7 @@ docs/training.md.
 """
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,16 @@ def test_augmentation_is_bounded_and_reproducible():
     assert 5 < len(swapped) < 35 and 5 < len(flipped) < 35
     again = augment(crop, np.random.default_rng(3), 6.0, True)
     np.testing.assert_array_equal(again, outs[3])
+
+
+def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    parsed = {p.stem: TrainConfig.from_toml(p) for p in sorted(configs.glob("*.toml"))}
+    assert {"cpu_default", "cpu_default_v0", "gpu_round"} <= set(parsed)
+    # --init needs the same network: the GPU round continues whatever the CPU recipe made.
+    net = parsed["cpu_default"].model_config()
+    assert parsed["gpu_round"].model_config() == net == parsed["cpu_default_v0"].model_config()
+    for name in ("cpu_default", "gpu_round"):
+        loss = parsed[name].loss
+        assert loss.balance and loss.sdr > 0 and loss.cstft > 0 and loss.mel > 0, name
+        assert parsed[name].quantizer.kmeans_frames > 0, name
