@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, official_config, small_config, tiny_config
+from ..config import (
+    ModelConfig,
+    from_plain_dict,
+    official_config,
+    plain_dict,
+    small_config,
+    tiny_config,
+)
 from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
@@ -245,7 +252,7 @@ class TrainConfig:
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _lists(asdict(self))
+        return plain_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -301,20 +308,6 @@ class TrainConfig:
 def _section(cls: type, name: str, value: Any) -> Any:
     if not isinstance(value, dict):
         raise TrainConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(value) - set(known)
-    if unknown:
-        raise TrainConfigError(f"unknown keys in [{name}]: {sorted(unknown)}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    try:
-        return cls(**kw)
-    except TypeError as e:
-        raise TrainConfigError(f"[{name}]: {e}") from e
-
-
-def _lists(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _lists(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_lists(v) for v in x]
-    return x
+    return from_plain_dict(
+        cls, value, TrainConfigError, f"unknown keys in [{name}]", prefix=f"[{name}]: "
+    )

@@ -117,24 +117,25 @@ def feature_matching(
         return torch.stack(terms).mean()
 
 
+def codec_stft(a: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> complex STFT [B * C, 481, frames] at the codec's own resolution (960 / 480,
+    periodic Hann, no centring), in float32."""
+    b, c, t = a.shape
+    window = torch.hann_window(N_FFT, periodic=True, device=a.device)
+    return torch.stft(
+        a.float().reshape(b * c, t),
+        N_FFT,
+        HOP_SAMPLES,
+        window=window,
+        center=False,
+        return_complex=True,
+    )
+
+
 def stft_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """L1 on the complex STFT (re and im) at the codec's own resolution (n_fft 960, hop 480)."""
-    b, c, t = x.shape
     with fp32(x.device):
-        window = torch.hann_window(N_FFT, periodic=True, device=x.device)
-
-        def spec(a: torch.Tensor) -> torch.Tensor:
-            z = torch.stft(
-                a.float().reshape(b * c, t),
-                N_FFT,
-                HOP_SAMPLES,
-                window=window,
-                center=False,
-                return_complex=True,
-            )
-            return torch.view_as_real(z)
-
-        return (spec(x) - spec(y)).abs().mean()
+        return (torch.view_as_real(codec_stft(x)) - torch.view_as_real(codec_stft(y))).abs().mean()
 
 
 def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -168,19 +169,10 @@ def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -
     """Mean squared error of |X|^p e^(i angle X) at the codec's STFT (960 / 480), plus the same
     on the compressed magnitudes alone; compression lifts quiet bins, the complex term is phase.
     """
-    b, c, t = x.shape
     with fp32(x.device):
-        window = torch.hann_window(N_FFT, periodic=True, device=x.device)
 
         def spec(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = torch.stft(
-                a.float().reshape(b * c, t),
-                N_FFT,
-                HOP_SAMPLES,
-                window=window,
-                center=False,
-                return_complex=True,
-            )
+            z = codec_stft(a)
             # Magnitudes are floored at 1e-2 (about -90 dB of a full-scale sine's peak bin)
             # before compression: d|X|^p/d|X| grows as |X|^(p - 1), and without a floor
             # near-silent bins dominated the gradient (a run diverged that way).
