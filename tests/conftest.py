@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,3 +17,22 @@ def parity_dir() -> Path:
     if str(PARITY) not in sys.path:
         sys.path.insert(0, str(PARITY))
     return PARITY
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """Run ``python -m spectrostream ARGS`` on this checkout's source in a subprocess (one
+    OpenMP thread); returns the CompletedProcess with stdout and stderr captured."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+
+    def run(*args: object, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "spectrostream", *map(str, args)],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+
+    return run

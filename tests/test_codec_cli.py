@@ -1,9 +1,6 @@
 """Public API and command line on a tiny seeded model: round trips, formats, errors."""
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,19 +151,7 @@ def test_file_streaming_equals_in_memory(codec, tmp_path):
 
 
 # ---- command line --------------------------------------------------------------------------
-def run_cli(*args, stdin=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run(
-        [sys.executable, "-m", "spectrostream", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-
-
-def test_cli_file_round_trip_info_transcode(model_file, tmp_path):
+def test_cli_file_round_trip_info_transcode(model_file, tmp_path, run_cli):
     x = tone(seconds=2.0)
     sf.write(tmp_path / "in.flac", x.T, 44100)
     assert (
@@ -245,7 +230,7 @@ def test_cli_file_round_trip_info_transcode(model_file, tmp_path):
     assert r.returncode == 0 and b"44100" in r.stdout and b"4 " in r.stdout
 
 
-def test_cli_stdin_stdout(model_file, tmp_path):
+def test_cli_stdin_stdout(model_file, tmp_path, run_cli):
     x = tone(seconds=1.0)
     wav = io.BytesIO()
     sf.write(wav, x.T, 44100, format="WAV")
@@ -301,7 +286,7 @@ def test_cli_directory_mirrors_tree_and_shards(model_file, tmp_path, monkeypatch
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(got)
 
 
-def test_cli_user_errors_exit_2(model_file, tmp_path, capsys):
+def test_cli_user_errors_exit_2(model_file, tmp_path, capsys, run_cli):
     (tmp_path / "t.txt").write_text("hello")
     (tmp_path / "t.wav").write_text("hello")
     x = tone(seconds=0.5, channels=3)

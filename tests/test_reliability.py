@@ -62,18 +62,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_cli(*args: object, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "spectrostream", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.fixture
 def here(capsys, monkeypatch):
     """The same command run in this process (``main``): a CompletedProcess-like result.
@@ -111,7 +99,7 @@ def no_temp_files(folder: Path) -> bool:
 
 
 # ---- data loss and corruption --------------------------------------------------------------
-def test_directory_outputs_keep_the_source_extension(model, tmp_path, here):
+def test_directory_outputs_keep_the_source_extension(model, tmp_path, here, run_cli):
     """a.wav and a.flac used to map to one a.ssc; roundtrip DIR DIR overwrote e.wav."""
     src = tmp_path / "music"
     write(src / "a.wav", 0.5, seed=1)
@@ -134,7 +122,7 @@ def test_directory_outputs_keep_the_source_extension(model, tmp_path, here):
     assert sf.info(str(src / "a.flac.wav")).frames == 35280
 
 
-def test_output_that_is_an_input_is_refused(model, tmp_path, here):
+def test_output_that_is_an_input_is_refused(model, tmp_path, here, run_cli):
     x = write(tmp_path / "x.wav")
     h = digest(x)
     os.link(x, tmp_path / "hard.wav")
@@ -151,7 +139,7 @@ def test_output_that_is_an_input_is_refused(model, tmp_path, here):
     assert digest(x) == h and digest(tmp_path / "hard.wav") == h
 
 
-def test_ssc_bytes_to_an_audio_name_need_force(model, tmp_path):
+def test_ssc_bytes_to_an_audio_name_need_force(model, tmp_path, run_cli):
     x = write(tmp_path / "x.wav")
     r = run_cli("encode", x, tmp_path / "out.flac", "--levels", "1", "--model", model)
     assert_one_line_error(r, "out.flac", "--force")
@@ -223,7 +211,9 @@ def _cut_before_end(model: Path, tmp_path: Path) -> tuple[Path, int]:
     return cut, len(data)
 
 
-def test_truncated_stream_error_says_what_is_intact_and_salvage_decodes_it(model, tmp_path, here):
+def test_truncated_stream_error_says_what_is_intact_and_salvage_decodes_it(
+    model, tmp_path, here, run_cli
+):
     cut, _ = _cut_before_end(model, tmp_path)
     r = run_cli("decode", cut, tmp_path / "out.wav", "--model", model)
     line = assert_one_line_error(r, "truncated", "are intact", "--salvage")
@@ -237,7 +227,7 @@ def test_truncated_stream_error_says_what_is_intact_and_salvage_decodes_it(model
 
 
 # ---- one-line errors instead of tracebacks -------------------------------------------------
-def test_os_errors_name_the_path_and_leave_nothing(model, tmp_path, monkeypatch, capsys):
+def test_os_errors_name_the_path_and_leave_nothing(model, tmp_path, monkeypatch, capsys, run_cli):
     x = write(tmp_path / "x.wav")
     out = tmp_path / "out" / "x.ssc"
     argv = ["encode", str(x), str(out), "--model", str(model)]
@@ -293,7 +283,7 @@ def test_bad_arguments_are_refused_at_parse_time(argv, capsys):
     assert "Traceback" not in err and "error: argument" in err
 
 
-def test_rates_above_the_model_or_file_are_errors_everywhere(model, tmp_path):
+def test_rates_above_the_model_or_file_are_errors_everywhere(model, tmp_path, run_cli):
     """encode --kbps 100 was silently clamped while transcode --kbps 100 failed: one rule."""
     x = write(tmp_path / "x.wav")
     ssc = tmp_path / "x.ssc"
@@ -325,7 +315,7 @@ def test_expected_shapes_match_the_network(config):
     assert expected_shapes(config) == built
 
 
-def test_model_file_config_is_checked_before_allocating(model, tmp_path):
+def test_model_file_config_is_checked_before_allocating(model, tmp_path, run_cli):
     from safetensors.torch import save_file
 
     cfg = tiny_config().to_dict()
@@ -405,7 +395,7 @@ def test_api_edge_cases_are_clear(codec):
 
 
 # ---- batches keep going --------------------------------------------------------------------
-def test_a_bad_file_does_not_stop_the_batch(model, tmp_path, here):
+def test_a_bad_file_does_not_stop_the_batch(model, tmp_path, here, run_cli):
     src = tmp_path / "in"
     for i, name in enumerate(("a.wav", "c.flac", "d/e.wav")):
         write(src / name, 0.4, seed=i)
@@ -429,7 +419,7 @@ def test_a_bad_file_does_not_stop_the_batch(model, tmp_path, here):
 
 
 # ---- smaller -------------------------------------------------------------------------------
-def test_roundtrip_reports_the_bit_rate_of_compressed_input(model, tmp_path):
+def test_roundtrip_reports_the_bit_rate_of_compressed_input(model, tmp_path, run_cli):
     import av
 
     path = tmp_path / "x.opus"
@@ -448,7 +438,7 @@ def test_roundtrip_reports_the_bit_rate_of_compressed_input(model, tmp_path):
     assert b"kbps actual, 4 levels" in r.stderr
 
 
-def test_stdin_errors_and_messages_name_no_internals(model, tmp_path, here):
+def test_stdin_errors_and_messages_name_no_internals(model, tmp_path, here, run_cli):
     r = run_cli("decode", "-", tmp_path / "o.wav", "--model", model, stdin=b"SPSC\x01garbage")
     line = assert_one_line_error(r)
     assert "object at 0x" not in line and atomic.TEMP_PREFIX not in line
