@@ -16,6 +16,7 @@ Numpy meets torch here, at the file boundary: readers and resamplers give numpy 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
@@ -265,42 +266,60 @@ def decode_file(
     """
     with naming_input(name):
         reader = bitstream.StreamReader(src, expected_model_id=codec.model_id)
-        header = reader.header
-        codec.check_header(header)
+        codec.check_header(reader.header)
+    header = reader.header
     sr = header.sample_rate if sample_rate is None else int(sample_rate)
-    damage: list[str] = []
+    source = _Packets(reader, name, salvage, progress)
+    with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
+        owed = functools.partial(source.frames_owed, sample_rate=sr)
+        written = _write_decoded(codec, iter(source), out, header.channels, sr, owed)
+        if source.damage and written == 0:
+            raise BitstreamError(f"{name}: {source.damage}; nothing before the damage is intact")
+    return Decoded(header, reader.num_samples, written / sr, source.damage)
 
-    def packets() -> Iterator[torch.Tensor]:
+
+class _Packets:
+    """The code packets of a stream as [1, L, n] tensors; damage is an error naming what is
+    intact, or (``salvage``) the end of the stream, recorded in ``damage``."""
+
+    def __init__(
+        self,
+        reader: bitstream.StreamReader,
+        name: str,
+        salvage: bool,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.reader, self.name, self.salvage, self.progress = reader, name, salvage, progress
+        self.damage: str | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        reader = self.reader
         try:
             for codes in reader:
-                if progress is not None:
-                    progress(codes.shape[1])
+                if self.progress is not None:
+                    self.progress(codes.shape[1])
                 yield torch.from_numpy(codes)[None]
         except BitstreamError as e:
-            intact = max(0, reader.num_frames - 1) / header.frame_rate
-            if not salvage:
+            if not self.salvage:
+                intact = max(0, reader.num_frames - 1) / reader.header.frame_rate
                 kept = (
                     f"the first {intact:.2f} s before the damage are intact (--salvage decodes them)"
                     if intact
                     else "nothing before the damage is intact"
                 )
-                raise BitstreamError(f"{name}: {e}; {kept}") from None
-            damage.append(str(e))
+                raise BitstreamError(f"{self.name}: {e}; {kept}") from None
+            self.damage = str(e)
 
-    def tail_frames(written: int, available: int) -> int:
+    def frames_owed(self, written: int, available: int, sample_rate: int) -> int:
         """Output frames still owed: the original length, but never invented past the damage."""
+        reader = self.reader
         if reader.num_samples is None:
             return available
-        owed = max(
-            0, audio_io.resampled_length(reader.num_samples, header.sample_rate, sr) - written
+        total = audio_io.resampled_length(
+            reader.num_samples, reader.header.sample_rate, sample_rate
         )
-        return min(owed, available) if damage else owed
-
-    with audio_io.AudioWriter(dst, sr, header.channels, subtype=subtype) as out:
-        written = _write_decoded(codec, packets(), out, header.channels, sr, tail_frames)
-        if damage and written == 0:
-            raise BitstreamError(f"{name}: {damage[0]}; nothing before the damage is intact")
-    return Decoded(header, reader.num_samples, written / sr, damage[0] if damage else None)
+        owed = max(0, total - written)
+        return min(owed, available) if self.damage else owed
 
 
 def _write_decoded(

@@ -234,31 +234,26 @@ def _excerpt_name(index: int, excerpt: Excerpt) -> str:
     return f"{excerpt.split}/{index:04d}_{excerpt.track.package}_{stem}_{start_s}s.ogg"
 
 
-def _manifests(
-    excerpts: Sequence[Excerpt],
-    names: Sequence[str],
-    quality: float,
-    options: PackOptions,
-    corpus_dir: Path,
-) -> tuple[str, str]:
-    rows = [_tsv_row(TSV_COLUMNS)]
-    entries = []
+def _excerpt_row(name: str, e: Excerpt) -> dict[str, object]:
+    t = e.track
+    return {
+        "file": name,
+        "split": e.split,
+        "track_id": t.track_id,
+        "package": t.package,
+        "package_version": t.package_version,
+        "source_path": t.source_path,
+        "start_s": round(e.start_frame / SAMPLE_RATE, 3),
+        "duration_s": round(e.frames / SAMPLE_RATE, 3),
+        "licence": t.licence,
+    }
+
+
+def _package_summary(excerpts: Sequence[Excerpt]) -> dict[str, dict]:
+    """Per source package: version, licences, excerpt count, seconds, copyright file."""
     packages: dict[str, dict] = {}
-    for name, e in zip(names, excerpts, strict=True):
+    for e in excerpts:
         t = e.track
-        row = {
-            "file": name,
-            "split": e.split,
-            "track_id": t.track_id,
-            "package": t.package,
-            "package_version": t.package_version,
-            "source_path": t.source_path,
-            "start_s": round(e.start_frame / SAMPLE_RATE, 3),
-            "duration_s": round(e.frames / SAMPLE_RATE, 3),
-            "licence": t.licence,
-        }
-        rows.append(_tsv_row(row[c] for c in TSV_COLUMNS))
-        entries.append(row)
         info = packages.setdefault(
             t.package,
             {
@@ -275,6 +270,19 @@ def _manifests(
     for info in packages.values():
         info["licences"] = sorted(info["licences"])
         info["seconds"] = round(info["seconds"], 3)
+    return dict(sorted(packages.items()))
+
+
+def _manifests(
+    excerpts: Sequence[Excerpt],
+    names: Sequence[str],
+    quality: float,
+    options: PackOptions,
+    corpus_dir: Path,
+) -> tuple[str, str]:
+    """(TSV manifest, JSON manifest) of the pack."""
+    entries = [_excerpt_row(n, e) for n, e in zip(names, excerpts, strict=True)]
+    rows = [_tsv_row(TSV_COLUMNS)] + [_tsv_row(r[c] for c in TSV_COLUMNS) for r in entries]
     doc = {
         "version": PACK_VERSION,
         "sample_rate": SAMPLE_RATE,
@@ -283,7 +291,7 @@ def _manifests(
         "vorbis_quality": quality,
         "options": asdict(options),
         "source": "Debian game-music corpus (spectrostream data debian), " + corpus_dir.name,
-        "packages": dict(sorted(packages.items())),
+        "packages": _package_summary(excerpts),
         "excerpts": entries,
     }
     return "".join(rows), json.dumps(doc, indent=1) + "\n"
@@ -301,6 +309,43 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _copy_licences(corpus_dir: Path, staging: Path, excerpts: Sequence[Excerpt]) -> None:
+    (staging / "licences").mkdir()
+    for package in sorted({e.track.package for e in excerpts}):
+        source = corpus_dir / "licences" / f"{package}.copyright"
+        if not source.is_file():
+            raise DataError(f"{source} is missing: the pack must carry each package's licence")
+        shutil.copyfile(source, staging / "licences" / f"{package}.copyright")
+
+
+def _encode_within(
+    corpus_dir: Path,
+    excerpts: Sequence[Excerpt],
+    budget: int,
+    fixed: int,
+    options: PackOptions,
+    progress: bool,
+) -> tuple[float, list[bytes]]:
+    """Vorbis-encode every excerpt at the highest quality whose total fits ``budget``."""
+    quality = choose_quality(corpus_dir, excerpts, budget - fixed, options)
+    while True:
+        encoded = [
+            encode_vorbis(read_excerpt(corpus_dir, e), quality)
+            for e in tqdm(
+                excerpts, desc=f"vorbis q={quality:.2f}", unit="excerpt", disable=not progress
+            )
+        ]
+        total = fixed + sum(len(b) for b in encoded)
+        if total <= budget:
+            return quality, encoded
+        if quality <= 0.0:
+            raise DataError(
+                f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
+                f"{options.max_mib}: lower --minutes"
+            )
+        quality = max(0.0, round(quality - RETRY_STEP, 4))
+
+
 def _write_staging(
     corpus_dir: Path,
     staging: Path,
@@ -310,34 +355,12 @@ def _write_staging(
     progress: bool,
 ) -> tuple[float, int]:
     """Licences, excerpts and manifests into `staging`; returns (quality, total bytes)."""
-    (staging / "licences").mkdir()
-    for package in sorted({e.track.package for e in excerpts}):
-        source = corpus_dir / "licences" / f"{package}.copyright"
-        if not source.is_file():
-            raise DataError(f"{source} is missing: the pack must carry each package's licence")
-        shutil.copyfile(source, staging / "licences" / f"{package}.copyright")
-
+    _copy_licences(corpus_dir, staging, excerpts)
     budget = options.max_mib * MIB
     # The manifests' size barely depends on the quality; measure it with a placeholder.
     tsv, doc = _manifests(excerpts, names, 0.0, options, corpus_dir)
     fixed = folder_bytes(staging) + len(tsv.encode()) + len(doc.encode()) + 64
-    quality = choose_quality(corpus_dir, excerpts, budget - fixed, options)
-    while True:
-        encoded = []
-        for e in tqdm(
-            excerpts, desc=f"vorbis q={quality:.2f}", unit="excerpt", disable=not progress
-        ):
-            encoded.append(encode_vorbis(read_excerpt(corpus_dir, e), quality))
-        total = fixed + sum(len(b) for b in encoded)
-        if total <= budget:
-            break
-        if quality <= 0.0:
-            raise DataError(
-                f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
-                f"{options.max_mib}: lower --minutes"
-            )
-        quality = max(0.0, round(quality - RETRY_STEP, 4))
-
+    quality, encoded = _encode_within(corpus_dir, excerpts, budget, fixed, options, progress)
     for name, data in zip(names, encoded, strict=True):
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,6 +376,24 @@ def _write_staging(
     return quality, total_bytes
 
 
+def _choose_excerpts(
+    corpus_dir: Path, tracks: Sequence[TrackRecord], options: PackOptions, progress: bool
+) -> list[Excerpt]:
+    """Seeded excerpt plan over the train and valid tracks, moved off silence."""
+    train = [t for t in tracks if t.split == "train"]
+    valid = [t for t in tracks if t.split == "valid"]
+    if not train:
+        raise DataError(f"{corpus_dir}: the corpus has no train tracks")
+    seed_bytes = hashlib.sha256(f"pack:{options.seed}".encode()).digest()
+    rng = random.Random(int.from_bytes(seed_bytes[:8], "big"))
+    planned = plan_excerpts(train, "train", options.minutes * 60, options, rng)
+    planned += plan_excerpts(valid, "valid", options.valid_minutes * 60, options, rng)
+    return [
+        avoid_silence(corpus_dir, e, rng)
+        for e in tqdm(planned, desc="checking excerpts", unit="excerpt", disable=not progress)
+    ]
+
+
 def write_pack(
     corpus_dir: Path,
     out_dir: Path,
@@ -363,18 +404,7 @@ def write_pack(
 ) -> PackResult:
     tracks = load_manifest(corpus_dir)
     _check_output(out_dir, overwrite)
-    train = [t for t in tracks if t.split == "train"]
-    valid = [t for t in tracks if t.split == "valid"]
-    if not train:
-        raise DataError(f"{corpus_dir}: the corpus has no train tracks")
-    seed_bytes = hashlib.sha256(f"pack:{options.seed}".encode()).digest()
-    rng = random.Random(int.from_bytes(seed_bytes[:8], "big"))
-    planned = plan_excerpts(train, "train", options.minutes * 60, options, rng)
-    planned += plan_excerpts(valid, "valid", options.valid_minutes * 60, options, rng)
-    excerpts = [
-        avoid_silence(corpus_dir, e, rng)
-        for e in tqdm(planned, desc="checking excerpts", unit="excerpt", disable=not progress)
-    ]
+    excerpts = _choose_excerpts(corpus_dir, tracks, options, progress)
     names = [_excerpt_name(i, e) for i, e in enumerate(excerpts)]
 
     # Build in a staging folder and move it into place at the end: a failed or interrupted

@@ -332,31 +332,13 @@ def _evaluate_clip(
         return ClipResult(name=slug, path=str(path), error=_describe(error))
     channels, num_samples = audio.shape
     media = Path(MEDIA_DIR) / slug
-    (out / media).mkdir(parents=True, exist_ok=True)
-    ext = settings.listen_format
-    original_audio = media / f"original.{ext}"
-    original_png = media / "original.png"
-    write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
-    write_spectrogram(out / original_png, audio, SAMPLE_RATE)
-
-    ceiling: float | None = None
-    ceiling_error: str | None = None
+    original_audio, original_png = _write_original(audio, out, media, settings.listen_format)
+    ceiling, ceiling_error = None, None
     if scorer is not None:
         status(f"{slug}: ceiling")
-        try:
-            ceiling = float(np.mean(scorer.speech(audio, audio, SAMPLE_RATE)))
-        except Exception as error:  # noqa: BLE001 (reported beside the table)
-            ceiling_error = _describe(error)
+        ceiling, ceiling_error = _ceiling(audio, scorer)
 
-    cells = []
-    for requested in settings.kbps:
-        total = requested * channels if settings.per_channel else requested
-        for system in systems:
-            status(f"{slug}: {system.name} {requested:g} kbps")
-            stem = f"{system.name}_{requested:g}kbps".replace(".", "p")
-            cells.append(
-                _evaluate_cell(audio, system, requested, total, scorer, out, media / stem, ext)
-            )
+    cells = _evaluate_cells(audio, slug, media, out, settings, systems, scorer, status)
     return ClipResult(
         name=slug,
         path=str(path),
@@ -369,6 +351,55 @@ def _evaluate_clip(
         spectrogram_file=original_png.as_posix(),
         cells=cells,
     )
+
+
+def _evaluate_cells(
+    audio: np.ndarray,
+    slug: str,
+    media: Path,
+    out: Path,
+    settings: EvalSettings,
+    systems: Sequence[System],
+    scorer: metrics.VisqolScorer | None,
+    status: Callable[[str], None],
+) -> list[CellResult]:
+    """Every (rate, system) cell of one clip, in table order."""
+    cells = []
+    for requested in settings.kbps:
+        total = requested * audio.shape[0] if settings.per_channel else requested
+        for system in systems:
+            status(f"{slug}: {system.name} {requested:g} kbps")
+            stem = f"{system.name}_{requested:g}kbps".replace(".", "p")
+            cells.append(
+                _evaluate_cell(
+                    audio,
+                    system,
+                    requested,
+                    total,
+                    scorer,
+                    out,
+                    media / stem,
+                    settings.listen_format,
+                )
+            )
+    return cells
+
+
+def _write_original(audio: np.ndarray, out: Path, media: Path, ext: str) -> tuple[Path, Path]:
+    """The clip's listening copy and spectrogram; returns their paths relative to ``out``."""
+    (out / media).mkdir(parents=True, exist_ok=True)
+    original_audio, original_png = media / f"original.{ext}", media / "original.png"
+    write_listening_audio(out / original_audio, audio, SAMPLE_RATE, ext)
+    write_spectrogram(out / original_png, audio, SAMPLE_RATE)
+    return original_audio, original_png
+
+
+def _ceiling(audio: np.ndarray, scorer: metrics.VisqolScorer) -> tuple[float | None, str | None]:
+    """ViSQOL of the clip against itself (the scale's ceiling), or the reason it failed."""
+    try:
+        return float(np.mean(scorer.speech(audio, audio, SAMPLE_RATE))), None
+    except Exception as error:  # noqa: BLE001 (reported beside the table)
+        return None, _describe(error)
 
 
 def _evaluate_cell(
