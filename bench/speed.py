@@ -22,6 +22,7 @@ step. Prints JSON and markdown rows; writes bench/results/speed_<config>_t<threa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -141,8 +142,9 @@ class Int8(Now):
         super().__init__(quantize_int8(copy.deepcopy(model), cal))
 
 
-def import_baseline(rev: str) -> object:
-    """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy)."""
+def import_baseline(rev: str) -> tuple[object, object]:
+    """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy):
+    (its model module, its config module)."""
     tmp = Path(tempfile.mkdtemp(prefix="ss_baseline_"))
     tar = tmp / "src.tar"
     with tar.open("wb") as f:
@@ -151,15 +153,28 @@ def import_baseline(rev: str) -> object:
         t.extractall(tmp, filter="data")
     (tmp / "src" / "spectrostream").rename(tmp / "spectrostream_baseline")
     sys.path.insert(0, str(tmp))
-    return importlib.import_module("spectrostream_baseline.model")
+    return (
+        importlib.import_module("spectrostream_baseline.model"),
+        importlib.import_module("spectrostream_baseline.config"),
+    )
+
+
+def baseline_config(config: object, old_config: object) -> object:
+    """This config as the baseline revision's ModelConfig (``num_levels`` was ``num_quantizers``
+    before d248180)."""
+    d = dataclasses.asdict(config)
+    names = {f.name for f in dataclasses.fields(old_config.ModelConfig)}
+    if "num_levels" not in names:
+        d["num_quantizers"] = d.pop("num_levels")
+    return old_config.ModelConfig(**{k: v for k, v in d.items() if k in names})
 
 
 class Baseline(Now):
     name = "baseline"
 
     def __init__(self, model: SpectroStream, rev: str) -> None:
-        old = import_baseline(rev)
-        m = old.SpectroStream(model.config).eval()
+        old, old_config = import_baseline(rev)
+        m = old.SpectroStream(baseline_config(model.config, old_config)).eval()
         m.load_state_dict(model.state_dict())
         self.old, self.model = old, m
         self.enc, self.dec = old.StreamingEncoder(m), old.StreamingDecoder(m)
