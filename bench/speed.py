@@ -22,6 +22,7 @@ step. Prints JSON and markdown rows; writes bench/results/speed_<config>_t<threa
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import json
@@ -33,6 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # isort: off
@@ -106,6 +108,7 @@ def count_flops(model: SpectroStream, seconds: float = 2.0) -> tuple[float, floa
 # ---- variants: each is an object with step(block) and offline(audio) ---------------------
 class Now:
     name = "now"
+    threads: int | None = None  # intra-op threads for this variant (None: --threads)
 
     def __init__(self, model: SpectroStream) -> None:
         self.model = model
@@ -125,14 +128,64 @@ class Now:
         return t1 - t0, t2 - t1
 
 
+class Compiled(Now):
+    """StreamingEncoder / StreamingDecoder with ``compiled=True`` (inductor step graphs)."""
+
+    name = "compiled"
+
+    def __init__(self, model: SpectroStream) -> None:
+        self.model = model
+        self.enc, self.dec = self._open()
+
+    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
+        return StreamingEncoder(self.model, compiled=True), StreamingDecoder(
+            self.model, compiled=True
+        )
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        t = super().offline(audio)
+        self.enc.close(), self.dec.close()
+        self.enc, self.dec = self._open()
+        return t
+
+
+class Overlap(Now):
+    """Two threads of one intra-op thread each: the decoder step of block j runs in a worker
+    thread while the encoder step of block j + 1 runs here (torch ops release the GIL)."""
+
+    name = "overlap 1+1"
+    threads = 1
+
+    def __init__(self, model: SpectroStream) -> None:
+        super().__init__(model)
+        self.pool = ThreadPoolExecutor(1, initializer=_worker_init)
+        self.pending: torch.Tensor | None = None
+
+    def _decode(self, codes: torch.Tensor) -> None:
+        with torch.inference_mode():
+            self.dec.push(codes)
+
+    def step(self, block: torch.Tensor) -> None:
+        job = None if self.pending is None else self.pool.submit(self._decode, self.pending)
+        self.pending = self.enc.push(block)
+        if job is not None:
+            job.result()
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        self.pending = None
+        return super().offline(audio)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
 class Int8(Now):
     """Static int8 convolutions (spectrostream.int8), calibrated on 5 s of a real clip."""
 
     name = "int8"
 
     def __init__(self, model: SpectroStream) -> None:
-        import copy
-
         from spectrostream import audio_io
         from spectrostream.int8 import quantize_int8
 
@@ -273,6 +326,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--int8", action="store_true", help="add the int8 variant")
+    p.add_argument("--compiled", action="store_true", help="add the compiled-step variant")
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="add the two-thread overlap variant (and, with --threads > 1, 'now' on 1 thread)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -287,10 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
+    copies = [copy.deepcopy(model) for _ in range(2 * args.overlap + args.compiled)]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
         variants.append(Baseline(model, args.baseline_rev))
     variants += ort + int8
+    if args.compiled:
+        variants.append(Compiled(copies.pop()))
+    if args.overlap:
+        variants.append(Overlap(copies[0]))
+        if args.threads > 1:
+            one = Now(copies[1])
+            one.name, one.threads = "now, 1 thread", 1
+            variants.append(one)
     steps = max(int(args.seconds / STEP_S), 10)
     g = torch.Generator().manual_seed(1)
     audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
@@ -301,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for r in range(args.repeats + 1):  # the first round is a warm-up
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                torch.set_num_threads(getattr(v, "threads", None) or args.threads)
                 t = v.offline(audio)
                 if r and t[0] == t[0]:
                     offline[v.name].append(t)
@@ -308,10 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             block = audio[..., (i % steps) * SAMPLES_PER_CODE : (i % steps + 1) * SAMPLES_PER_CODE]
             k = i % len(variants)
             for v in variants[k:] + variants[:k]:
+                torch.set_num_threads(getattr(v, "threads", None) or args.threads)
                 t = time.perf_counter()
                 v.step(block)
                 if i >= args.warmup_steps:
                     times[v.name].append(time.perf_counter() - t)
+    torch.set_num_threads(args.threads)
     ref1, load1 = matmul_gflops(), os.getloadavg()
     result = {
         "config": args.config,
