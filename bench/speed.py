@@ -10,7 +10,11 @@ every variant sees the same machine load:
     frame into the streaming decoder (all 64 levels): this code ("now"), the code at
     ``--baseline-rev`` ("baseline", imported from git as a separate package), and the ONNX
     Runtime step graphs (``spectrostream export-onnx``) with the same PyTorch STFT, RVQ and
-    iSTFT around them ("onnxruntime"). Steps rotate through the variants;
+    iSTFT around them ("onnxruntime"). Steps rotate through the variants. Optional:
+    ``--compiled`` (``compiled=True`` streams, inductor step graphs), ``--fp32-search`` (the
+    float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
+    block j + 1 and decoder step of block j in two threads of one intra-op thread each; with
+    ``--threads`` > 1 also "now" on one thread);
   * a 2048 x 2048 fp32 matmul before and after (what this process could get of the CPU) and
     the 1-minute load average.
 
@@ -44,7 +48,7 @@ import torch
 # isort: on
 from torch.utils.flop_counter import FlopCounterMode
 
-from spectrostream import load
+from spectrostream import load, quantizer
 from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
 from spectrostream.decoder import LookaheadTrim
 from spectrostream.dsp import ISTFT, STFT
@@ -126,6 +130,19 @@ class Now:
         t2 = time.perf_counter()
         self.enc, self.dec = StreamingEncoder(self.model), StreamingDecoder(self.model)
         return t1 - t0, t2 - t1
+
+
+class Fp32Search(Now):
+    """This code with the float32 torch RVQ search instead of the exact CPU search."""
+
+    name = "now, fp32 torch RVQ"
+
+    def step(self, block: torch.Tensor) -> None:
+        quantizer.EXACT_CPU_SEARCH = False
+        try:
+            super().step(block)
+        finally:
+            quantizer.EXACT_CPU_SEARCH = True
 
 
 class Compiled(Now):
@@ -327,6 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--int8", action="store_true", help="add the int8 variant")
     p.add_argument("--compiled", action="store_true", help="add the compiled-step variant")
+    p.add_argument("--fp32-search", action="store_true", help="add the float32 RVQ variant")
     p.add_argument(
         "--overlap",
         action="store_true",
@@ -346,13 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
-    copies = [copy.deepcopy(model) for _ in range(2 * args.overlap + args.compiled)]
+    extra = 2 * args.overlap + args.compiled + args.fp32_search
+    copies = [copy.deepcopy(model) for _ in range(extra)]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
         variants.append(Baseline(model, args.baseline_rev))
     variants += ort + int8
     if args.compiled:
         variants.append(Compiled(copies.pop()))
+    if args.fp32_search:
+        variants.append(Fp32Search(copies.pop()))
     if args.overlap:
         variants.append(Overlap(copies[0]))
         if args.threads > 1:

@@ -125,7 +125,7 @@ class CompiledStep:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         with torch.no_grad(), stock_convs():
-            graph = make_fx(self.step)(example.to(self.step.dtype), *self._zeros)
+            graph = make_fx(self._dense_step)(example.to(self.step.dtype), *self._zeros)
         # The traced weights are plain tensor attributes; as (frozen) parameters inductor folds
         # them into prepacked oneDNN convolutions with fused adds.
         for node in graph.graph.nodes:
@@ -144,6 +144,10 @@ class CompiledStep:
             self.fn, self.compiled = fn, True
         except Exception as e:  # noqa: BLE001 (any compiler failure: fall back, say why)
             warnings.warn(f"torch.compile of the streaming step failed, running eagerly: {e}")
+
+    def _dense_step(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The step with row-major outputs: the next step's inputs, as the graph expects."""
+        return tuple(t.contiguous() for t in self.step(x, *state))
 
     @staticmethod
     def _run(
