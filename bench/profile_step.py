@@ -105,7 +105,7 @@ def main() -> int:
     model.eval()
     cfg = model.config
     n = SAMPLES_PER_CODE
-    audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 4) * n)
+    audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 5) * n)
     c = args.compiled
     with (
         torch.inference_mode(),

@@ -165,6 +165,10 @@ class CompiledStep:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x of ``example``'s shape -> the network's output; advances the layers' states."""
+        if tuple(x.shape) != self.example_shape:
+            raise ValueError(
+                f"compiled step input must be {self.example_shape}, got {tuple(x.shape)}"
+            )
         layers = self.step._layers
         state = [
             z if m._stream_state is None else m._stream_state.valid()
