@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from spectrostream.config import SAMPLES_PER_CODE, tiny_config
+from spectrostream.errors import UsageError
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
 from spectrostream.step import compiled_step
 
@@ -24,6 +25,14 @@ def model():
         if not compiled_step(m, part).compiled:
             pytest.skip("torch.compile is not available here")
     return m
+
+
+def test_compiled_needs_a_float32_cpu_model():
+    m = SpectroStream(tiny_config()).to(torch.bfloat16)
+    with pytest.raises(UsageError, match="float32 CPU"):
+        StreamingEncoder(m, compiled=True)
+    with pytest.raises(UsageError, match="float32 CPU"):
+        StreamingDecoder(m, compiled=True)
 
 
 def _audio(steps: int = STEPS) -> torch.Tensor:

@@ -266,6 +266,9 @@ def _compiled_step(model: SpectroStream, part: str, compiled: bool) -> CompiledS
     built before the stream opens; a stream of 40 ms pushes runs it instead of the layers."""
     if not compiled:
         return None
+    w = next(getattr(model, part).parameters())
+    if w.device.type != "cpu" or w.dtype != torch.float32:
+        raise UsageError(f"compiled=True needs a float32 CPU model, not {w.dtype} on {w.device}")
     if is_streaming(getattr(model, part)):
         raise RuntimeError(f"this model already has an open streaming {part}")
     return compiled_step(model, part)
