@@ -35,6 +35,23 @@ def test_compiled_needs_a_float32_cpu_model():
         StreamingDecoder(m, compiled=True)
 
 
+def test_failed_compile_warns_and_streams_with_the_layers(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(1)
+    m = SpectroStream(tiny_config(num_levels=4, codebook_size=16)).eval()
+    with pytest.warns(UserWarning, match="no compiler here"):
+        enc = StreamingEncoder(m, compiled=True)
+    assert enc._step is None
+    audio = _audio(4)
+    with torch.inference_mode():
+        codes = torch.cat([enc.push(audio[..., i * N : (i + 1) * N]) for i in range(4)], -1)
+    enc.close()
+    assert torch.equal(codes, m.encode(audio)[..., : codes.shape[-1]])
+
+
 def _audio(steps: int = STEPS) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
     return 0.2 * torch.randn(1, 2, steps * N, generator=g)

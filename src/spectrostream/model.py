@@ -271,7 +271,8 @@ def _compiled_step(model: SpectroStream, part: str, compiled: bool) -> CompiledS
         raise UsageError(f"compiled=True needs a float32 CPU model, not {w.dtype} on {w.device}")
     if is_streaming(getattr(model, part)):
         raise RuntimeError(f"this model already has an open streaming {part}")
-    return compiled_step(model, part)
+    step = compiled_step(model, part)
+    return step if step.compiled else None  # not compiled (warned): the layers are faster
 
 
 def _check_push(stream: _Stream, x: object, what: str, channels: int | None) -> int:

@@ -114,18 +114,20 @@ class CompiledStep:
 
     The compiled convolutions and ELUs round differently from eager ones (outputs differ by
     ~1e-6 relative; codes can differ at a near tie of two codewords). If compiling fails (no
-    C++ compiler, an unsupported torch), :attr:`compiled` is False and calls run the same
-    traced graph eagerly, with a warning at construction.
+    C++ compiler, an unsupported torch), :attr:`compiled` is False (with a warning) and calls
+    run the traced graph eagerly; the streams then use their layers instead.
     """
 
-    def __init__(self, net: nn.Module, example: torch.Tensor) -> None:
-        self.step = NetworkStep(net, example)
-        self.example_shape = self.step.example_shape
-        self._zeros = self.step.initial_state()
+    def __init__(self, step: NetworkStep) -> None:
+        self.step = step
+        self.example_shape = step.example_shape
+        self._zeros = step.initial_state()
+        dev = next(step.net.parameters()).device
+        example = torch.zeros(self.example_shape, dtype=step.dtype, device=dev)
         from torch.fx.experimental.proxy_tensor import make_fx
 
         with torch.no_grad(), stock_convs():
-            graph = make_fx(self._dense_step)(example.to(self.step.dtype), *self._zeros)
+            graph = make_fx(self._dense_step)(example, *self._zeros)
         # The traced weights are plain tensor attributes; as (frozen) parameters inductor folds
         # them into prepacked oneDNN convolutions with fused adds.
         for node in graph.graph.nodes:
@@ -140,7 +142,7 @@ class CompiledStep:
 
             fn = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
             with inductor_config.patch(freezing=True):
-                self._run(fn, example.to(self.step.dtype), self._zeros)  # compiles now
+                self._run(fn, example, self._zeros)  # compiles now
             self.fn, self.compiled = fn, True
         except Exception as e:  # noqa: BLE001 (any compiler failure: fall back, say why)
             warnings.warn(f"torch.compile of the streaming step failed, running eagerly: {e}")
@@ -210,5 +212,5 @@ def compiled_step(model: nn.Module, part: str, batch: int = 1) -> CompiledStep:
         for old in [k for k in cache if k[:2] == key[:2]]:
             del cache[old]
         make = encoder_step if part == "encoder" else decoder_step
-        cache[key] = CompiledStep(net, torch.zeros(make(model, batch).example_shape))
+        cache[key] = CompiledStep(make(model, batch))
     return cache[key]
