@@ -165,10 +165,22 @@ class ResidualVQ(nn.Module):
             lo, hi = torch.aminmax(codes)
             if int(lo) < 0 or int(hi) >= self.codebook_size:
                 raise ValueError(f"codes must be in 0..{self.codebook_size - 1}")
-        rows = self.search_tables().stored
-        out = self.codebooks.new_zeros(b * t, self.dim)
-        for level, idx in enumerate(codes.transpose(0, 1).reshape(n, b * t).unbind(0)):
-            out = out + torch.index_select(rows[level], 0, idx)
+        tab = self.search_tables()
+        per_level = codes.transpose(0, 1).reshape(n, b * t)
+        if (
+            tab.exact is not None
+            and self.codebooks.dtype == torch.float32
+            and codes.device.type == "cpu"
+        ):
+            # numpy: the same float32 additions in the same order (a third of torch's call cost)
+            out_np = np.zeros((b * t, self.dim), np.float32)
+            for level, idx in enumerate(per_level.numpy()):
+                out_np += tab.exact.rows[level][idx]
+            out = torch.from_numpy(out_np)
+        else:
+            out = self.codebooks.new_zeros(b * t, self.dim)
+            for level, idx in enumerate(per_level.unbind(0)):
+                out = out + torch.index_select(tab.stored[level], 0, idx)
         return out.reshape(b, t, self.dim).transpose(1, 2)
 
 
