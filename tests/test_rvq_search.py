@@ -131,3 +131,14 @@ def test_real_audio_codes(clip):
     with torch.inference_mode():
         emb = codec.model.encode_embeddings(x[None].float())
     check(codec.model.quantizer.codebooks.float(), emb)
+
+
+def test_decode_sums_codewords_in_level_order():
+    """The CPU decode adds the codewords level by level in float32, bit-identical to the loop."""
+    g = torch.Generator().manual_seed(2)
+    q = ResidualVQ(6, 32, 8)
+    codes = torch.randint(0, 32, (2, 5, 7), generator=g)
+    ref = torch.zeros(2 * 7, 8)
+    for level, idx in enumerate(codes.transpose(0, 1).reshape(5, 14)):
+        ref = ref + q.codebooks[level][idx]
+    assert torch.equal(q.decode(codes), ref.reshape(2, 7, 8).transpose(1, 2))
