@@ -13,8 +13,8 @@ every variant sees the same machine load:
     iSTFT around them ("onnxruntime"). Steps rotate through the variants. Optional:
     ``--compiled`` (``compiled=True`` streams, inductor step graphs), ``--fp32-search`` (the
     float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
-    block j + 1 and decoder step of block j in two threads of one intra-op thread each; with
-    ``--threads`` > 1 also "now" on one thread);
+    block j + 1 and decoder step of block j in two threads of one intra-op thread each, also
+    with compiled steps if ``--compiled``; with ``--threads`` > 1 also "now" on one thread);
   * a 2048 x 2048 fp32 matmul before and after (what this process could get of the CPU) and
     the 1-minute load average.
 
@@ -113,10 +113,15 @@ def count_flops(model: SpectroStream, seconds: float = 2.0) -> tuple[float, floa
 class Now:
     name = "now"
     threads: int | None = None  # intra-op threads for this variant (None: --threads)
+    compiled = False  # StreamingEncoder / StreamingDecoder(..., compiled=True)
 
     def __init__(self, model: SpectroStream) -> None:
         self.model = model
-        self.enc, self.dec = StreamingEncoder(model), StreamingDecoder(model)
+        self.enc, self.dec = self._open()
+
+    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
+        c = self.compiled
+        return StreamingEncoder(self.model, compiled=c), StreamingDecoder(self.model, compiled=c)
 
     def step(self, block: torch.Tensor) -> None:
         self.dec.push(self.enc.push(block))
@@ -128,7 +133,7 @@ class Now:
         t1 = time.perf_counter()
         self.model.decode(codes)
         t2 = time.perf_counter()
-        self.enc, self.dec = StreamingEncoder(self.model), StreamingDecoder(self.model)
+        self.enc, self.dec = self._open()
         return t1 - t0, t2 - t1
 
 
@@ -149,21 +154,7 @@ class Compiled(Now):
     """StreamingEncoder / StreamingDecoder with ``compiled=True`` (inductor step graphs)."""
 
     name = "compiled"
-
-    def __init__(self, model: SpectroStream) -> None:
-        self.model = model
-        self.enc, self.dec = self._open()
-
-    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
-        return StreamingEncoder(self.model, compiled=True), StreamingDecoder(
-            self.model, compiled=True
-        )
-
-    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
-        t = super().offline(audio)
-        self.enc.close(), self.dec.close()
-        self.enc, self.dec = self._open()
-        return t
+    compiled = True
 
 
 class Overlap(Now):
@@ -191,6 +182,11 @@ class Overlap(Now):
     def offline(self, audio: torch.Tensor) -> tuple[float, float]:
         self.pending = None
         return super().offline(audio)
+
+
+class OverlapCompiled(Overlap):
+    name = "overlap 1+1, compiled"
+    compiled = True
 
 
 def _worker_init() -> None:
@@ -364,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
-    extra = 2 * args.overlap + args.compiled + args.fp32_search
+    extra = (2 + args.compiled) * args.overlap + args.compiled + args.fp32_search
     copies = [copy.deepcopy(model) for _ in range(extra)]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
@@ -375,9 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fp32_search:
         variants.append(Fp32Search(copies.pop()))
     if args.overlap:
-        variants.append(Overlap(copies[0]))
+        variants.append(Overlap(copies.pop()))
+        if args.compiled:
+            variants.append(OverlapCompiled(copies.pop()))
         if args.threads > 1:
-            one = Now(copies[1])
+            one = Now(copies.pop())
             one.name, one.threads = "now, 1 thread", 1
             variants.append(one)
     steps = max(int(args.seconds / STEP_S), 10)
