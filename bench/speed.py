@@ -38,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -182,6 +183,44 @@ class Overlap(Now):
     def offline(self, audio: torch.Tensor) -> tuple[float, float]:
         self.pending = None
         return super().offline(audio)
+
+
+class TowerSplit(Now):
+    """The two audio channels' towers (the per-channel encoder and decoder layers) in two
+    threads of one intra-op thread each: channel 0 here, channel 1 in a worker on a replica of
+    the tower layers (shared weights, its own streaming state); the joint layers, RVQ, STFT and
+    iSTFT here. Batch 1, stereo."""
+
+    name = "tower split 1+1"
+    threads = 1
+
+    def __init__(self, model: SpectroStream) -> None:
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        self.replica = copy.deepcopy(model, memo=shared)  # the same weight tensors
+        self.pool = ThreadPoolExecutor(1, initializer=_worker_init)
+        for name in ("encoder", "decoder"):
+            part, twin = getattr(model, name), getattr(self.replica, name)
+            part.towers = self._split(type(part).towers.__get__(part), twin.towers)
+        super().__init__(model)
+
+    def _split(self, own: Callable, twin: Callable) -> Callable:
+        def towers(x: torch.Tensor) -> torch.Tensor:
+            job = self.pool.submit(self._in_worker, twin, x[1:2])
+            y0 = own(x[0:1])
+            return torch.cat([y0, job.result()], 0)
+
+        return towers
+
+    @staticmethod
+    def _in_worker(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(x)
+
+    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
+        for part in (self.replica.encoder, self.replica.decoder):
+            set_streaming(part, False)
+            set_streaming(part, True)
+        return super()._open()
 
 
 class OverlapCompiled(Overlap):
@@ -342,6 +381,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compiled", action="store_true", help="add the compiled-step variant")
     p.add_argument("--fp32-search", action="store_true", help="add the float32 RVQ variant")
     p.add_argument(
+        "--tower-split", action="store_true", help="add the two-thread stereo tower split variant"
+    )
+    p.add_argument(
         "--overlap",
         action="store_true",
         help="add the two-thread overlap variant (and, with --threads > 1, 'now' on 1 thread)",
@@ -360,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
-    extra = (2 + args.compiled) * args.overlap + args.compiled + args.fp32_search
+    one_thread = args.threads > 1 and (args.overlap or args.tower_split)
+    extra = args.compiled + args.fp32_search + args.tower_split
+    extra += (1 + args.compiled) * args.overlap + one_thread
     copies = [copy.deepcopy(model) for _ in range(extra)]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
@@ -370,14 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(Compiled(copies.pop()))
     if args.fp32_search:
         variants.append(Fp32Search(copies.pop()))
+    if args.tower_split:
+        variants.append(TowerSplit(copies.pop()))
     if args.overlap:
         variants.append(Overlap(copies.pop()))
         if args.compiled:
             variants.append(OverlapCompiled(copies.pop()))
-        if args.threads > 1:
-            one = Now(copies.pop())
-            one.name, one.threads = "now, 1 thread", 1
-            variants.append(one)
+
+    if one_thread:
+        one = Now(copies.pop())
+        one.name, one.threads = "now, 1 thread", 1
+        variants.append(one)
     steps = max(int(args.seconds / STEP_S), 10)
     g = torch.Generator().manual_seed(1)
     audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
