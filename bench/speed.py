@@ -14,7 +14,8 @@ every variant sees the same machine load:
     ``--compiled`` (``compiled=True`` streams, inductor step graphs), ``--fp32-search`` (the
     float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
     block j + 1 and decoder step of block j in two threads of one intra-op thread each, also
-    with compiled steps if ``--compiled``; with ``--threads`` > 1 also "now" on one thread);
+    with compiled steps if ``--compiled``), ``--tower-split`` (the two audio channels' tower
+    layers in two threads); with ``--threads`` > 1 and either, also "now" on one thread;
   * a 2048 x 2048 fp32 matmul before and after (what this process could get of the CPU) and
     the 1-minute load average.
 
