@@ -10,7 +10,12 @@ every variant sees the same machine load:
     frame into the streaming decoder (all 64 levels): this code ("now"), the code at
     ``--baseline-rev`` ("baseline", imported from git as a separate package), and the ONNX
     Runtime step graphs (``spectrostream export-onnx``) with the same PyTorch STFT, RVQ and
-    iSTFT around them ("onnxruntime"). Steps rotate through the variants;
+    iSTFT around them ("onnxruntime"). Steps rotate through the variants. Optional:
+    ``--compiled`` (``compiled=True`` streams, inductor step graphs), ``--fp32-search`` (the
+    float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
+    block j + 1 and decoder step of block j in two threads of one intra-op thread each, also
+    with compiled steps if ``--compiled``), ``--tower-split`` (the two audio channels' tower
+    layers in two threads); with ``--threads`` > 1 and either, also "now" on one thread;
   * a 2048 x 2048 fp32 matmul before and after (what this process could get of the CPU) and
     the 1-minute load average.
 
@@ -22,6 +27,8 @@ step. Prints JSON and markdown rows; writes bench/results/speed_<config>_t<threa
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib
 import json
 import os
@@ -32,6 +39,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # isort: off
@@ -41,7 +50,7 @@ import torch
 # isort: on
 from torch.utils.flop_counter import FlopCounterMode
 
-from spectrostream import load
+from spectrostream import load, quantizer
 from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
 from spectrostream.decoder import LookaheadTrim
 from spectrostream.dsp import ISTFT, STFT
@@ -105,10 +114,16 @@ def count_flops(model: SpectroStream, seconds: float = 2.0) -> tuple[float, floa
 # ---- variants: each is an object with step(block) and offline(audio) ---------------------
 class Now:
     name = "now"
+    threads: int | None = None  # intra-op threads for this variant (None: --threads)
+    compiled = False  # StreamingEncoder / StreamingDecoder(..., compiled=True)
 
     def __init__(self, model: SpectroStream) -> None:
         self.model = model
-        self.enc, self.dec = StreamingEncoder(model), StreamingDecoder(model)
+        self.enc, self.dec = self._open()
+
+    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
+        c = self.compiled
+        return StreamingEncoder(self.model, compiled=c), StreamingDecoder(self.model, compiled=c)
 
     def step(self, block: torch.Tensor) -> None:
         self.dec.push(self.enc.push(block))
@@ -120,8 +135,102 @@ class Now:
         t1 = time.perf_counter()
         self.model.decode(codes)
         t2 = time.perf_counter()
-        self.enc, self.dec = StreamingEncoder(self.model), StreamingDecoder(self.model)
+        self.enc, self.dec = self._open()
         return t1 - t0, t2 - t1
+
+
+class Fp32Search(Now):
+    """This code with the float32 torch RVQ search instead of the exact CPU search."""
+
+    name = "now, fp32 torch RVQ"
+
+    def step(self, block: torch.Tensor) -> None:
+        quantizer.EXACT_CPU_SEARCH = False
+        try:
+            super().step(block)
+        finally:
+            quantizer.EXACT_CPU_SEARCH = True
+
+
+class Compiled(Now):
+    """StreamingEncoder / StreamingDecoder with ``compiled=True`` (inductor step graphs)."""
+
+    name = "compiled"
+    compiled = True
+
+
+class Overlap(Now):
+    """Two threads of one intra-op thread each: the decoder step of block j runs in a worker
+    thread while the encoder step of block j + 1 runs here (torch ops release the GIL)."""
+
+    name = "overlap 1+1"
+    threads = 1
+
+    def __init__(self, model: SpectroStream) -> None:
+        super().__init__(model)
+        self.pool = ThreadPoolExecutor(1, initializer=_worker_init)
+        self.pending: torch.Tensor | None = None
+
+    def _decode(self, codes: torch.Tensor) -> None:
+        with torch.inference_mode():
+            self.dec.push(codes)
+
+    def step(self, block: torch.Tensor) -> None:
+        job = None if self.pending is None else self.pool.submit(self._decode, self.pending)
+        self.pending = self.enc.push(block)
+        if job is not None:
+            job.result()
+
+    def offline(self, audio: torch.Tensor) -> tuple[float, float]:
+        self.pending = None
+        return super().offline(audio)
+
+
+class TowerSplit(Now):
+    """The two audio channels' towers (the per-channel encoder and decoder layers) in two
+    threads of one intra-op thread each: channel 0 here, channel 1 in a worker on a replica of
+    the tower layers (shared weights, its own streaming state); the joint layers, RVQ, STFT and
+    iSTFT here. Batch 1, stereo."""
+
+    name = "tower split 1+1"
+    threads = 1
+
+    def __init__(self, model: SpectroStream) -> None:
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        self.replica = copy.deepcopy(model, memo=shared)  # the same weight tensors
+        self.pool = ThreadPoolExecutor(1, initializer=_worker_init)
+        for name in ("encoder", "decoder"):
+            part, twin = getattr(model, name), getattr(self.replica, name)
+            part.towers = self._split(type(part).towers.__get__(part), twin.towers)
+        super().__init__(model)
+
+    def _split(self, own: Callable, twin: Callable) -> Callable:
+        def towers(x: torch.Tensor) -> torch.Tensor:
+            job = self.pool.submit(self._in_worker, twin, x[1:2])
+            y0 = own(x[0:1])
+            return torch.cat([y0, job.result()], 0)
+
+        return towers
+
+    @staticmethod
+    def _in_worker(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(x)
+
+    def _open(self) -> tuple[StreamingEncoder, StreamingDecoder]:
+        for part in (self.replica.encoder, self.replica.decoder):
+            set_streaming(part, False)
+            set_streaming(part, True)
+        return super()._open()
+
+
+class OverlapCompiled(Overlap):
+    name = "overlap 1+1, compiled"
+    compiled = True
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
 
 
 class Int8(Now):
@@ -130,8 +239,6 @@ class Int8(Now):
     name = "int8"
 
     def __init__(self, model: SpectroStream) -> None:
-        import copy
-
         from spectrostream import audio_io
         from spectrostream.int8 import quantize_int8
 
@@ -141,8 +248,9 @@ class Int8(Now):
         super().__init__(quantize_int8(copy.deepcopy(model), cal))
 
 
-def import_baseline(rev: str) -> object:
-    """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy)."""
+def import_baseline(rev: str) -> tuple[object, object]:
+    """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy):
+    (its model module, its config module)."""
     tmp = Path(tempfile.mkdtemp(prefix="ss_baseline_"))
     tar = tmp / "src.tar"
     with tar.open("wb") as f:
@@ -151,15 +259,28 @@ def import_baseline(rev: str) -> object:
         t.extractall(tmp, filter="data")
     (tmp / "src" / "spectrostream").rename(tmp / "spectrostream_baseline")
     sys.path.insert(0, str(tmp))
-    return importlib.import_module("spectrostream_baseline.model")
+    return (
+        importlib.import_module("spectrostream_baseline.model"),
+        importlib.import_module("spectrostream_baseline.config"),
+    )
+
+
+def baseline_config(config: object, old_config: object) -> object:
+    """This config as the baseline revision's ModelConfig (``num_levels`` was ``num_quantizers``
+    before d248180)."""
+    d = dataclasses.asdict(config)
+    names = {f.name for f in dataclasses.fields(old_config.ModelConfig)}
+    if "num_levels" not in names:
+        d["num_quantizers"] = d.pop("num_levels")
+    return old_config.ModelConfig(**{k: v for k, v in d.items() if k in names})
 
 
 class Baseline(Now):
     name = "baseline"
 
     def __init__(self, model: SpectroStream, rev: str) -> None:
-        old = import_baseline(rev)
-        m = old.SpectroStream(model.config).eval()
+        old, old_config = import_baseline(rev)
+        m = old.SpectroStream(baseline_config(model.config, old_config)).eval()
         m.load_state_dict(model.state_dict())
         self.old, self.model = old, m
         self.enc, self.dec = old.StreamingEncoder(m), old.StreamingDecoder(m)
@@ -258,6 +379,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--int8", action="store_true", help="add the int8 variant")
+    p.add_argument("--compiled", action="store_true", help="add the compiled-step variant")
+    p.add_argument("--fp32-search", action="store_true", help="add the float32 RVQ variant")
+    p.add_argument(
+        "--tower-split", action="store_true", help="add the two-thread stereo tower split variant"
+    )
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="add the two-thread overlap variant (and, with --threads > 1, 'now' on 1 thread)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -272,10 +403,29 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
+    one_thread = args.threads > 1 and (args.overlap or args.tower_split)
+    extra = args.compiled + args.fp32_search + args.tower_split
+    extra += (1 + args.compiled) * args.overlap + one_thread
+    copies = [copy.deepcopy(model) for _ in range(extra)]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
         variants.append(Baseline(model, args.baseline_rev))
     variants += ort + int8
+    if args.compiled:
+        variants.append(Compiled(copies.pop()))
+    if args.fp32_search:
+        variants.append(Fp32Search(copies.pop()))
+    if args.tower_split:
+        variants.append(TowerSplit(copies.pop()))
+    if args.overlap:
+        variants.append(Overlap(copies.pop()))
+        if args.compiled:
+            variants.append(OverlapCompiled(copies.pop()))
+
+    if one_thread:
+        one = Now(copies.pop())
+        one.name, one.threads = "now, 1 thread", 1
+        variants.append(one)
     steps = max(int(args.seconds / STEP_S), 10)
     g = torch.Generator().manual_seed(1)
     audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
@@ -286,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for r in range(args.repeats + 1):  # the first round is a warm-up
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                torch.set_num_threads(getattr(v, "threads", None) or args.threads)
                 t = v.offline(audio)
                 if r and t[0] == t[0]:
                     offline[v.name].append(t)
@@ -293,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
             block = audio[..., (i % steps) * SAMPLES_PER_CODE : (i % steps + 1) * SAMPLES_PER_CODE]
             k = i % len(variants)
             for v in variants[k:] + variants[:k]:
+                torch.set_num_threads(getattr(v, "threads", None) or args.threads)
                 t = time.perf_counter()
                 v.step(block)
                 if i >= args.warmup_steps:
                     times[v.name].append(time.perf_counter() - t)
+    torch.set_num_threads(args.threads)
     ref1, load1 = matmul_gflops(), os.getloadavg()
     result = {
         "config": args.config,

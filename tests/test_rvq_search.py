@@ -1,9 +1,11 @@
-"""The RVQ search with pre-transposed, cached tables gives the codes of the search it replaced.
+"""The RVQ search gives the codes of the float32 search it replaced, and exact ones.
 
-Offline (many frames per call: a matrix product) the codes are bit-identical. One frame per
-call (40 ms streaming) goes through a matrix-vector product whose summation order differs from
-the old one, as the old one's already differed from the offline search: a code may then differ
-only at a near tie (best and second-best distances within a relative 1e-5).
+The CPU search (``quantizer.exact_search``) picks the float64-nearest codeword of each level:
+it equals a brute-force float64 search, gives the same codes for one frame per call (40 ms
+streaming) as for many (offline), and equals the old float32 search except where that one's
+rounding decided a near tie (best and second-best distances within a relative 1e-5; none on
+the parity fixture or the clips below). The float32 torch search (GPU, ``EXACT_CPU_SEARCH``
+off) equals the old search offline and up to near ties per frame.
 """
 
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectrostream import audio_io, load
+from spectrostream import audio_io, load, quantizer
 from spectrostream.config import SAMPLE_RATE
 from spectrostream.quantizer import ResidualVQ
 
@@ -44,23 +46,72 @@ def near_tie(codebooks: torch.Tensor, emb: torch.Tensor, codes: torch.Tensor, le
     return float(best2[1] - best2[0]) <= TIE * float(best2[0])
 
 
-def check(codebooks: torch.Tensor, emb: torch.Tensor) -> int:
-    """Offline codes equal the old search's; per-frame codes equal it up to near ties.
+def float64_search(codebooks: torch.Tensor, emb: torch.Tensor, n: int) -> torch.Tensor:
+    """Brute force: the float64-nearest codeword of every level (float32 residual, as the
+    search keeps it), emb [1, D, N] -> codes [1, n, N]."""
+    twice = (2.0 * emb[0].T.float()).numpy()
+    cb = codebooks.float().numpy()
+    codes = []
+    for level in range(n):
+        diff = cb[level][None].astype(np.float64) - 0.5 * twice.astype(np.float64)[:, None]
+        best = (diff * diff).sum(-1).argmin(1)
+        twice = twice - 2.0 * cb[level][best]
+        codes.append(torch.from_numpy(best))
+    return torch.stack(codes)[None]
 
-    Returns the number of frames whose per-frame codes differ (each at a near tie)."""
+
+def check(codebooks: torch.Tensor, emb: torch.Tensor) -> int:
+    """Exact search: = brute-force float64, per frame = offline, = the old float32 search up to
+    near ties; torch float32 search: = old offline, per frame up to near ties.
+
+    Returns the number of frames whose torch per-frame codes differ (each at a near tie)."""
     q = ResidualVQ(*codebooks.shape)
     q.codebooks.copy_(codebooks)
     n = codebooks.shape[0]
-    assert torch.equal(q.encode(emb), old_search(codebooks, emb, n))
-    flips = 0
-    for j in range(emb.shape[-1]):
-        frame = emb[..., j : j + 1]
-        new, old = q.encode(frame)[0, :, 0], old_search(codebooks, frame, n)[0, :, 0]
-        if not torch.equal(new, old):
-            first = int(torch.nonzero(new != old)[0])
-            assert near_tie(codebooks, emb[0, :, j], new, first), (j, first)
-            flips += 1
+    exact, old = q.encode(emb), old_search(codebooks, emb, n)
+    assert torch.equal(exact, float64_search(codebooks, emb, n))
+    per_frame = [q.encode(emb[..., j : j + 1]) for j in range(emb.shape[-1])]
+    assert torch.equal(torch.cat(per_frame, -1), exact)
+    for j in torch.nonzero((exact != old).any(1)[0]).flatten().tolist():
+        first = int(torch.nonzero(exact[0, :, j] != old[0, :, j])[0])
+        assert near_tie(codebooks, emb[0, :, j], exact[0, :, j], first), (j, first)
+    quantizer.EXACT_CPU_SEARCH = False
+    try:
+        assert torch.equal(q.encode(emb), old)
+        flips = 0
+        for j in range(emb.shape[-1]):
+            frame = emb[..., j : j + 1]
+            new, ref = q.encode(frame)[0, :, 0], old_search(codebooks, frame, n)[0, :, 0]
+            if not torch.equal(new, ref):
+                first = int(torch.nonzero(new != ref)[0])
+                assert near_tie(codebooks, emb[0, :, j], new, first), (j, first)
+                flips += 1
+    finally:
+        quantizer.EXACT_CPU_SEARCH = True
     return flips
+
+
+def test_rounding_bound_holds_for_blas_products():
+    """The bound the candidate set relies on, checked against float64 on random data."""
+    g = torch.Generator().manual_seed(0)
+    cb = torch.randn(512, 256, generator=g) * torch.rand(512, 1, generator=g) * 3
+    x = torch.randn(8, 256, generator=g) * 5
+    approx = (cb * cb).sum(1) - x @ cb.T
+    exact = (cb.double() ** 2).sum(1) - x.double() @ cb.double().T
+    c = float(cb.double().norm(dim=1).max())
+    bound = quantizer.rounding_bound(256) / 2 * (c * c + x.double().norm(dim=1, keepdim=True) * c)
+    assert ((approx.double() - exact).abs() <= bound).all()
+
+
+def test_near_ties_pick_the_float64_nearest():
+    """Two codewords at (almost) the same distance: the float64-nearest wins, the lower index
+    on an exact tie, whatever the batch."""
+    q = ResidualVQ(1, 4, 3)
+    q.codebooks.copy_(torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0], [-1.0, 0, 0]]]))
+    emb = torch.tensor([[0.0, 1.0, 0.0], [0.7, 0.7 + 1e-7, 0.0], [0.7, 0.7, 0.0]]).T[None]
+    codes = q.encode(emb)[0, 0].tolist()
+    assert codes == [1, 1, 0]  # exact tie 1 = 2 -> 1; 1 nearer by 1e-7; exact tie 0 = 1 -> 0
+    assert [q.encode(emb[..., j : j + 1])[0, 0, 0].item() for j in range(3)] == codes
 
 
 def test_parity_fixture_codes(parity_dir):
@@ -80,3 +131,14 @@ def test_real_audio_codes(clip):
     with torch.inference_mode():
         emb = codec.model.encode_embeddings(x[None].float())
     check(codec.model.quantizer.codebooks.float(), emb)
+
+
+def test_decode_sums_codewords_in_level_order():
+    """The CPU decode adds the codewords level by level in float32, bit-identical to the loop."""
+    g = torch.Generator().manual_seed(2)
+    q = ResidualVQ(6, 32, 8)
+    codes = torch.randint(0, 32, (2, 5, 7), generator=g)
+    ref = torch.zeros(2 * 7, 8)
+    for level, idx in enumerate(codes.transpose(0, 1).reshape(5, 14)):
+        ref = ref + q.codebooks[level][idx]
+    assert torch.equal(q.decode(codes), ref.reshape(2, 7, 8).transpose(1, 2))

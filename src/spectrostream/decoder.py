@@ -70,16 +70,24 @@ class Decoder(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """emb [B, D, N] -> spectrum [B, C, 2, 4 N, 480] (untrimmed)."""
+        x = self.towers(self.joint(emb))  # [B*C, 2, T, 480]
+        return x.reshape(emb.shape[0], self.audio_channels, 2, x.shape[2], x.shape[3])
+
+    def joint(self, emb: torch.Tensor) -> torch.Tensor:
+        """The joint layers and the split: emb [B, D, N] -> [B*C, W, 2 N, 5]."""
         b, _, n = emb.shape
         x = self.input_layer(emb.unsqueeze(-1))  # [B, 5 W, N, 1], index f * W + w
         x = x.reshape(b, LATENT_BINS, x.shape[1] // LATENT_BINS, n).permute(0, 2, 3, 1)
         x = self.decoder_0(self.input_layers_residual_unit(x))
         c = self.audio_channels
-        x = x.reshape(b * c, x.shape[1] // c, x.shape[2], x.shape[3])  # split
+        return x.reshape(b * c, x.shape[1] // c, x.shape[2], x.shape[3])  # split
+
+    def towers(self, x: torch.Tensor) -> torch.Tensor:
+        """Per audio channel (channels in the batch, shared weights): [B*C, W, T, 5] ->
+        [B*C, 2, T, 480]."""
         for name in self.group_blocks:
             x = getattr(self, name)(x)
-        x = self.output_layer(x)  # [B*C, 2, T, 480]
-        return x.reshape(b, c, 2, x.shape[2], x.shape[3])
+        return self.output_layer(x)
 
 
 class LookaheadTrim(StreamingModule):

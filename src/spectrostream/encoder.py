@@ -53,11 +53,20 @@ class Encoder(nn.Module):
         b, c, _, t, bins = spec.shape
         if c != self.audio_channels:
             raise ValueError(f"encoder expects {self.audio_channels} audio channels, got {c}")
-        x = self.base_conv_first(spec.reshape(b * c, 2, t, bins))
+        return self.joint(self.towers(spec.reshape(b * c, 2, t, bins)), b)
+
+    def towers(self, x: torch.Tensor) -> torch.Tensor:
+        """Per audio channel (channels in the batch, shared weights): [B*C, 2, T, 480] ->
+        [B*C, W, T', 5]."""
+        x = self.base_conv_first(x)
         for name in self.group_blocks:
             x = getattr(self, name)(x)
+        return x
+
+    def joint(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """Fusion and the joint layers: [B*C, W, T', 5] -> [B, D, T / 4]."""
         # Fusion: [B*C, W, T', 5] -> [B, C*W, T', 5].
-        x = x.reshape(b, c * x.shape[1], x.shape[2], x.shape[3])
+        x = x.reshape(b, -1, x.shape[2], x.shape[3])
         x = self.bottleneck(self.encoder_6(x))
         n = x.shape[2]
         # Flatten with index f * W + w.

@@ -8,7 +8,8 @@ multiples of the stride. Frequency padding for a regular conv totals k - s, spli
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,18 @@ _MKLDNN_OPS = all(
         "_reorder_convolution_transpose_weight",
     )
 )
+
+
+@contextmanager
+def stock_convs() -> Iterator[None]:
+    """Inside: every conv takes the stock PyTorch path (no prepacked oneDNN weights), e.g. to
+    trace a graph of plain ``aten.convolution`` ops for a compiler. Not thread-safe."""
+    global PREPACK_CPU
+    old, PREPACK_CPU = PREPACK_CPU, False
+    try:
+        yield
+    finally:
+        PREPACK_CPU = old
 
 
 # Only short inputs (streaming steps) use prepacked copies: for long chunks the per-call reorder

@@ -19,6 +19,7 @@ from .dsp import ISTFT, STFT
 from .encoder import Encoder
 from .errors import UsageError
 from .quantizer import ResidualVQ
+from .step import CompiledStep, compiled_step
 from .streaming import (
     FrameBuffer,
     clone_state,
@@ -130,7 +131,9 @@ class _Stream:
 class StreamingEncoder(_Stream):
     """Audio chunks of any size in, codes out as soon as their input has arrived.
 
-    Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``flush()``
+    Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``compiled=True``
+    runs the encoder network of each single code frame (batch 1) through
+    :class:`spectrostream.step.CompiledStep` (compiled on first use; ~1e-6 rounding differences). ``flush()``
     zero-fills the end exactly as the offline path does, so the concatenated output equals
     ``model.encode(all_audio)``. The network only ever sees whole code frames (groups of four
     STFT frames; the rest waits in a buffer), so a stream of 40 ms chunks runs it with the same
@@ -139,12 +142,15 @@ class StreamingEncoder(_Stream):
 
     kind = "encoder"
 
-    def __init__(self, model: SpectroStream, levels: int | None = None) -> None:
+    def __init__(
+        self, model: SpectroStream, levels: int | None = None, compiled: bool = False
+    ) -> None:
         q = model.config.num_levels
         if levels is not None and (
             isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= q
         ):
             raise UsageError(f"levels must be an integer in 1..{q} or None, got {levels!r}")
+        self._step = _compiled_step(model, "encoder", compiled)
         super().__init__({"stft": model.stft, "encoder": model.encoder})
         self.model, self.levels = model, levels
         self.samples_in = 0
@@ -179,7 +185,10 @@ class StreamingEncoder(_Stream):
             whole = buf.narrow(3, 0, buf.shape[3] // FRAMES_PER_CODE * FRAMES_PER_CODE)
         if whole.shape[3] == 0:  # no complete code frame: nothing downstream can change
             return audio.new_zeros(audio.shape[0], self.model.config.embedding_dim, 0)
-        emb = self.model.encoder(whole)
+        if self._step is not None and tuple(whole.shape) == self._step.example_shape:
+            emb = self._step(whole)
+        else:
+            emb = self.model.encoder(whole)
         if self._frames is not None:
             self._frames.consume(whole.shape[3])
             if self._frames.fill == 0:
@@ -220,18 +229,22 @@ class StreamingDecoder(_Stream):
     """Code frames in, audio out: after code frame j arrives, samples up to 1920 j are final.
 
     The first code frame only primes the look-ahead, so N frames give (N - 1) * 1920 samples,
-    equal to ``model.decode`` of the same codes.
+    equal to ``model.decode`` of the same codes. ``compiled=True``: one-frame pushes (batch 1)
+    run the decoder network through :class:`spectrostream.step.CompiledStep`.
     """
 
     kind = "decoder"
 
-    def __init__(self, model: SpectroStream) -> None:
+    def __init__(self, model: SpectroStream, compiled: bool = False) -> None:
+        self._step = _compiled_step(model, "decoder", compiled)
         super().__init__({"decoder": model.decoder, "trim": model.trim, "istft": model.istft})
         self.model = model
         self.batch: int | None = None  # fixed by the first push
 
     def push_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         self._check_open()
+        if self._step is not None and tuple(emb.shape) == self._step.example_shape:
+            return self.model.istft(self.model.trim(self._step(emb)))
         return self.model.decode_embeddings(emb)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
@@ -246,6 +259,20 @@ class StreamingDecoder(_Stream):
         emb = self.model.quantizer.decode(codes)  # checks the level count and code range
         self.batch = batch
         return self.push_embeddings(emb)
+
+
+def _compiled_step(model: SpectroStream, part: str, compiled: bool) -> CompiledStep | None:
+    """``compiled=True``: the inductor-compiled one-frame step (batch 1, float32 CPU models),
+    built before the stream opens; a stream of 40 ms pushes runs it instead of the layers."""
+    if not compiled:
+        return None
+    w = next(getattr(model, part).parameters())
+    if w.device.type != "cpu" or w.dtype != torch.float32:
+        raise UsageError(f"compiled=True needs a float32 CPU model, not {w.dtype} on {w.device}")
+    if is_streaming(getattr(model, part)):
+        raise RuntimeError(f"this model already has an open streaming {part}")
+    step = compiled_step(model, part)
+    return step if step.compiled else None  # not compiled (warned): the layers are faster
 
 
 def _check_push(stream: _Stream, x: object, what: str, channels: int | None) -> int:

@@ -1,9 +1,18 @@
-"""Residual vector quantizer: greedy search by squared L2, dequantization by summing codewords."""
+"""Residual vector quantizer: greedy search by squared L2, dequantization by summing codewords.
+
+On the CPU (``EXACT_CPU_SEARCH``) each level's code is the exact nearest codeword: a float32
+matrix product ranks all codewords, every codeword within that product's proven rounding bound
+of the best is re-ranked by its float64 distance, and the float64 nearest (the lowest index on
+a tie) is the code. So the codes do not depend on how many frames one call searches (a 40 ms
+stream step and a whole file give the same codes) nor on the BLAS's summation order.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,15 +30,43 @@ def nearest_code(
     return torch.sub(norms, (x if doubled else 2.0 * x) @ codebook_t).argmin(dim=1)
 
 
+# The exact CPU search (module docstring); False: the float32 torch search (benchmarks).
+EXACT_CPU_SEARCH = True
+
+
 @dataclass
 class SearchTables:
     """Per-level views for the search: codebooks transposed [D, K] (contiguous, float32),
-    ||c||^2 [K], codebook rows [K, D] in float32 and as stored (for decoding)."""
+    ||c||^2 [K], codebook rows [K, D] in float32 and as stored (for decoding); on the CPU also
+    ``exact``: the same float32 memory as numpy arrays, and max_k ||c_k|| per level."""
 
     transposed: list[torch.Tensor]
     norms: list[torch.Tensor]
     rows: list[torch.Tensor]
     stored: list[torch.Tensor]
+    exact: ExactTables | None = None
+
+
+@dataclass
+class ExactTables:
+    transposed: list[np.ndarray]  # [D, K] float32
+    norms: list[np.ndarray]  # [K] float32
+    rows: list[np.ndarray]  # [K, D] float32
+    max_norm: list[float]
+
+
+def rounding_bound(dim: int) -> float:
+    """beta such that |a_k - e_k| <= beta (C^2 + ||x|| C) for every codeword k of a level.
+
+    e_k = ||c_k||^2 - x . c_k (exact; the greedy search ranks by it, x = 2 x residual),
+    a_k = fl32(n_k - fl32(x . c_k)) with n_k = fl32(||c_k||^2), C = max_k ||c_k||. A float32 sum
+    of ``dim`` terms errs by at most gamma = dim u / (1 - dim u) times the sum of |terms| (any
+    order, with or without FMA): <= gamma ||c||^2 for n_k, <= gamma ||x|| ||c|| for the dot
+    (Cauchy-Schwarz); the difference adds u (1 + gamma) (C^2 + ||x|| C). Doubled as a margin
+    for the float32 comparison against the limit."""
+    u = 2.0**-24
+    gamma = dim * u / (1 - dim * u)
+    return 2.0 * (gamma + u * (1 + gamma))
 
 
 class ResidualVQ(nn.Module):
@@ -56,12 +93,20 @@ class ResidualVQ(nn.Module):
         if key != self._tables_key:
             with torch.no_grad():
                 cbf = cbs.float()
-                self._tables = SearchTables(
+                tab = SearchTables(
                     transposed=list(cbf.transpose(1, 2).contiguous().unbind(0)),
                     norms=[(cb * cb).sum(1) for cb in cbf],
-                    rows=list(cbf.unbind(0)),
+                    rows=list(cbf.contiguous().unbind(0)),
                     stored=list(cbs.detach().unbind(0)),
                 )
+                if cbs.device.type == "cpu":
+                    tab.exact = ExactTables(
+                        transposed=[t.numpy() for t in tab.transposed],
+                        norms=[n.numpy() for n in tab.norms],
+                        rows=[r.numpy() for r in tab.rows],
+                        max_norm=[math.sqrt(float(n.double().max())) for n in tab.norms],
+                    )
+                self._tables = tab
             self._tables_key = key
         return self._tables
 
@@ -95,9 +140,13 @@ class ResidualVQ(nn.Module):
         n = self._levels(levels)
         b, d, t = emb.shape
         twice = 2.0 * emb.detach().float().transpose(1, 2).reshape(b * t, d)
+        tab = self.search_tables()
+        if EXACT_CPU_SEARCH and tab.exact is not None and emb.device.type == "cpu":
+            codes_np, total_np = exact_search(twice.numpy(), tab.exact, n, dequantize)
+            codes_t = torch.from_numpy(codes_np).reshape(b, t, n).permute(0, 2, 1)
+            return codes_t, None if total_np is None else torch.from_numpy(total_np)
         total = torch.zeros_like(twice) if dequantize else None
         codes = []
-        tab = self.search_tables()
         for level in range(n):
             idx = nearest_code(twice, tab.transposed[level], tab.norms[level], doubled=True)
             chosen = torch.index_select(tab.rows[level], 0, idx)
@@ -116,8 +165,59 @@ class ResidualVQ(nn.Module):
             lo, hi = torch.aminmax(codes)
             if int(lo) < 0 or int(hi) >= self.codebook_size:
                 raise ValueError(f"codes must be in 0..{self.codebook_size - 1}")
-        rows = self.search_tables().stored
-        out = self.codebooks.new_zeros(b * t, self.dim)
-        for level, idx in enumerate(codes.transpose(0, 1).reshape(n, b * t).unbind(0)):
-            out = out + torch.index_select(rows[level], 0, idx)
+        tab = self.search_tables()
+        per_level = codes.transpose(0, 1).reshape(n, b * t)
+        if (
+            tab.exact is not None
+            and self.codebooks.dtype == torch.float32
+            and codes.device.type == "cpu"
+        ):
+            # numpy: the same float32 additions in the same order (a third of torch's call cost)
+            out_np = np.zeros((b * t, self.dim), np.float32)
+            for level, idx in enumerate(per_level.numpy()):
+                out_np += tab.exact.rows[level][idx]
+            out = torch.from_numpy(out_np)
+        else:
+            out = self.codebooks.new_zeros(b * t, self.dim)
+            for level, idx in enumerate(per_level.unbind(0)):
+                out = out + torch.index_select(tab.stored[level], 0, idx)
         return out.reshape(b, t, self.dim).transpose(1, 2)
+
+
+def exact_search(
+    twice: np.ndarray, tab: ExactTables, levels: int, dequantize: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Greedy residual search, exact per level (module docstring). twice [M, D] float32 =
+    2 x the embeddings -> (codes [M, levels] int64, sum of the chosen codewords [M, D] or None).
+
+    numpy rather than torch: a 40 ms step is 64 sequential [1, D] x [D, K] products that read
+    64 MB of codebooks (memory-bound); numpy's BLAS streamed them faster here, and its per-call
+    cost is lower (docs/benchmarks.md).
+    """
+    m, d = twice.shape
+    beta = rounding_bound(d)
+    codes = np.empty((m, levels), np.int64)
+    total = np.zeros((m, d), np.float32) if dequantize else None
+    frames = np.arange(m)
+    for level in range(levels):
+        approx = tab.norms[level] - twice @ tab.transposed[level]  # [M, K] float32
+        best = approx.argmin(1)
+        c = tab.max_norm[level]
+        x_norm = np.sqrt(np.einsum("md,md->m", twice, twice, dtype=np.float64))
+        limit = approx[frames, best] + 2.0 * beta * (c * c + x_norm * c)  # float64
+        close = approx <= limit[:, None].astype(np.float32)
+        for j in np.flatnonzero(np.count_nonzero(close, 1) > 1):
+            best[j] = _rerank(twice[j], tab.rows[level], np.flatnonzero(close[j]))
+        codes[:, level] = best
+        chosen = tab.rows[level][best]
+        twice = twice - 2.0 * chosen  # exact doubling, one rounding: as the torch search
+        if total is not None:
+            total += chosen
+    return codes, total
+
+
+def _rerank(twice: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> int:
+    """The candidate (ascending indices) with the smallest float64 ||r - c||^2, r = twice / 2;
+    the first one on a tie. Each row's sum runs in the same order whatever the candidates."""
+    diff = rows[candidates].astype(np.float64) - 0.5 * twice.astype(np.float64)
+    return int(candidates[np.argmin((diff * diff).sum(1))])

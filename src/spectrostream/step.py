@@ -10,15 +10,24 @@ each buffering layer's pending frames passed in and returned as tensors (fixed s
 fresh state is all zeros), so ``torch.onnx.export`` and ``torch.compile`` can take it. The
 STFT, iSTFT, look-ahead trim and RVQ stay outside (``StreamingEncoder`` feeds the encoder
 network the same whole code frames, so the two give the same embeddings).
+
+:class:`CompiledStep` is that step traced to a graph of ATen ops and compiled by inductor (C++,
+frozen weights), run on the state of a network that is streaming: ``StreamingEncoder(...,
+compiled=True)`` and ``StreamingDecoder(..., compiled=True)`` use it for 40 ms steps.
 """
 
 from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .config import FRAMES_PER_CODE, STFT_BINS
-from .streaming import FrameBuffer, StreamingModule, is_streaming, set_streaming
+from .layers import stock_convs
+from .streaming import FrameBuffer, StreamingModule, is_streaming, set_streaming, tensor_version
 
 
 class NetworkStep(nn.Module):
@@ -92,3 +101,116 @@ def decoder_step(model: nn.Module, batch: int = 1) -> NetworkStep:
 
 def _device(model: nn.Module) -> torch.device:
     return model.quantizer.codebooks.device
+
+
+class CompiledStep:
+    """A network's one-code-frame step compiled by inductor, driving the network's own state.
+
+    Built while the network is not streaming (it runs one step from the fresh state to trace);
+    called while it streams: ``step(x) -> y`` reads each buffering layer's state, runs the
+    compiled graph and stores the new states back in the layers, so ``get_state``, ``set_state``
+    and ``reset`` of the stream, and eager calls in between, keep working. The graph has fixed
+    shapes (``example``'s) and no Python in it, so it compiles once and never recompiles.
+
+    The compiled convolutions and ELUs round differently from eager ones (outputs differ by
+    ~1e-6 relative; codes can differ at a near tie of two codewords). If compiling fails (no
+    C++ compiler, an unsupported torch), :attr:`compiled` is False (with a warning) and calls
+    run the traced graph eagerly; the streams then use their layers instead.
+    """
+
+    def __init__(self, step: NetworkStep) -> None:
+        self.step = step
+        self.example_shape = step.example_shape
+        self._zeros = step.initial_state()
+        dev = next(step.net.parameters()).device
+        example = torch.zeros(self.example_shape, dtype=step.dtype, device=dev)
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        with torch.no_grad(), stock_convs():
+            graph = make_fx(self._dense_step)(example, *self._zeros)
+        # The traced weights are plain tensor attributes; as (frozen) parameters inductor folds
+        # them into prepacked oneDNN convolutions with fused adds.
+        for node in graph.graph.nodes:
+            if node.op == "get_attr":
+                t = getattr(graph, node.target)
+                delattr(graph, node.target)
+                graph.register_parameter(node.target, nn.Parameter(t, requires_grad=False))
+        self.fn: Callable[..., tuple[torch.Tensor, ...]] = graph
+        self.compiled = False
+        try:
+            import torch._inductor.config as inductor_config
+
+            fn = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
+            with inductor_config.patch(freezing=True):
+                self._run(fn, example, self._zeros)  # compiles now
+            self.fn, self.compiled = fn, True
+        except Exception as e:  # noqa: BLE001 (any compiler failure: fall back, say why)
+            warnings.warn(f"torch.compile of the streaming step failed, running eagerly: {e}")
+
+    def _dense_step(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The step with row-major outputs: the next step's inputs, as the graph expects."""
+        return tuple(t.contiguous() for t in self.step(x, *state))
+
+    @staticmethod
+    def _run(
+        fn: Callable[..., tuple[torch.Tensor, ...]], x: torch.Tensor, state: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
+        """Calls ``fn`` with contiguous inference tensors under inference mode: inputs that
+        differ only in strides or autograd keys would otherwise make dynamo recompile."""
+        with torch.inference_mode():
+            return fn(
+                *[
+                    t if _dense(t) else t.clone(memory_format=torch.contiguous_format)
+                    for t in (x, *state)
+                ]
+            )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x of ``example``'s shape -> the network's output; advances the layers' states."""
+        if tuple(x.shape) != self.example_shape:
+            raise ValueError(
+                f"compiled step input must be {self.example_shape}, got {tuple(x.shape)}"
+            )
+        layers = self.step._layers
+        state = [
+            z if m._stream_state is None else m._stream_state.valid()
+            for m, z in zip(layers, self._zeros, strict=True)
+        ]
+        out = self._run(self.fn, x.to(self.step.dtype), state)
+        for m, s in zip(layers, out[1:], strict=True):
+            m._stream_state = FrameBuffer(s, s.shape[2], 2, inplace=False)
+        return out[0]
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """An inference tensor with the row-major strides of its shape (size-1 axes included)."""
+    if not t.is_inference():
+        return False
+    expected, stride = [], 1
+    for n in reversed(t.shape):
+        expected.append(stride)
+        stride *= n
+    return tuple(reversed(expected)) == t.stride()
+
+
+# Compiled steps per model, kept while the model lives (not copied with it).
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, CompiledStep]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_step(model: nn.Module, part: str, batch: int = 1) -> CompiledStep:
+    """The compiled step of ``model.encoder`` or ``model.decoder`` (``part``) for ``batch``,
+    compiled on first use (tens of seconds) and reused until the model's weights change."""
+    if part not in ("encoder", "decoder"):
+        raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
+    net = getattr(model, part)
+    weights = tuple((p.data_ptr(), tensor_version(p)) for p in net.parameters())
+    cache = _COMPILED.setdefault(model, {})
+    key = (part, batch, weights)
+    if key not in cache:
+        for old in [k for k in cache if k[:2] == key[:2]]:
+            del cache[old]
+        make = encoder_step if part == "encoder" else decoder_step
+        cache[key] = CompiledStep(make(model, batch))
+    return cache[key]
