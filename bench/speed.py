@@ -125,20 +125,23 @@ class Now:
 
 
 class Int8(Now):
-    """Static int8 convolutions (spectrostream.int8), calibrated on 5 s of a real clip."""
+    """int8 convolutions (``spectrostream.int8``) with the shipped default model's calibration:
+    its ranges and its float32 layers (layer names are the same in every config, and the
+    ranges do not change the speed; ``default`` gets exactly what ``load(int8=True)`` does)."""
 
     name = "int8"
 
     def __init__(self, model: SpectroStream) -> None:
         import copy
 
-        from spectrostream import audio_io
+        from spectrostream.codec import int8_calibration_path, read_int8_calibration
         from spectrostream.int8 import quantize_int8
+        from spectrostream.weights import MODELS_DIR
 
-        clip = ROOT.parent / "shared" / "eval" / "hungarian_dance_5.flac"
-        cal = audio_io.read_audio(clip, sample_rate=48000)[0][: model.config.audio_channels]
-        cal = torch.from_numpy(cal[:, : 5 * 48000])[None].float()
-        super().__init__(quantize_int8(copy.deepcopy(model), cal))
+        cal = read_int8_calibration(int8_calibration_path(MODELS_DIR / "default.safetensors"))
+        q = copy.deepcopy(model)
+        quantize_int8(q, cal)
+        super().__init__(q)
 
 
 def import_baseline(rev: str) -> object:

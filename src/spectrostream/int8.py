@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .layers import CausalConv2d
+from .layers import CausalConv2d, CausalConvTranspose2d
 
 CALIBRATION_FORMAT = "spectrostream-int8-calibration"
 CALIBRATION_VERSION = 1
@@ -162,13 +162,76 @@ class Int8Conv2d(nn.Module):
         )
 
 
-def int8_candidates(model: nn.Module) -> dict[str, CausalConv2d]:
-    """The causal convs that may run int8: all but the first and the last."""
-    return {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, CausalConv2d) and n not in ALWAYS_FP32
-    }
+def _phase_conv(conv: nn.ConvTranspose2d) -> tuple[nn.Conv2d, tuple[int, int], tuple[int, int]]:
+    """A transposed conv as an ordinary conv over its input plus a phase interleave.
+
+    Per axis (kernel K, stride s, padding p), output ``q = s m + r`` (before the crop by p) is
+    ``sum_j x[m - j] W[s j + r]``: for each phase r an ordinary correlation with J = ceil(K / s)
+    taps (flipped; zero where s j + r >= K). All phases become output channels
+    ``(r_t, r_f, c_out)`` of one conv with padding P; its output m' is phase-frame
+    ``m = m' + J - 1 - P``. Returns (conv, P per axis, J per axis).
+    """
+    w = conv.weight.detach().float()  # [Cin, Cout, kt, kf]
+    cin, cout, kt, kf = w.shape
+    (st, sf), (pt, pf) = conv.stride, conv.padding
+    jt, jf = -(-kt // st), -(-kf // sf)
+    wc = w.new_zeros(st, sf, cout, cin, jt, jf)
+    for rt in range(st):
+        for rf in range(sf):
+            for ut in range(jt):
+                for uf in range(jf):
+                    kt_i, kf_i = st * (jt - 1 - ut) + rt, sf * (jf - 1 - uf) + rf
+                    if kt_i < kt and kf_i < kf:
+                        wc[rt, rf, :, :, ut, uf] = w[:, :, kt_i, kf_i].T
+    pad = tuple(
+        max(0, j - 1 - p // s, -(-(k - s - p) // s))
+        for j, k, s, p in ((jt, kt, st, pt), (jf, kf, sf, pf))
+    )
+    eq = nn.Conv2d(cin, st * sf * cout, (jt, jf), padding=pad, bias=conv.bias is not None)
+    with torch.no_grad():
+        eq.weight.copy_(wc.reshape(st * sf * cout, cin, jt, jf))
+        if conv.bias is not None:
+            eq.bias.copy_(conv.bias.detach().float().repeat(st * sf))
+    return eq, pad, (jt, jf)
+
+
+class Int8ConvTranspose2d(nn.Module):
+    """A float ``ConvTranspose2d``'s int8 twin: the equivalent ordinary conv (:func:`_phase_conv`)
+    in int8, then the phases interleaved into time and frequency and the padding cropped. Same
+    output as the transposed conv (oneDNN's int8 transposed convolution is not used)."""
+
+    def __init__(self, conv: nn.ConvTranspose2d, in_range: tuple[float, float], bits: int = 8):
+        super().__init__()
+        eq, pad, taps = _phase_conv(conv)
+        self.inner = Int8Conv2d(eq, in_range, bits)
+        self.stride, self.cout = tuple(conv.stride), conv.out_channels
+        k, p = conv.kernel_size, conv.padding
+        # Offset of output 0 in the interleaved phases: s (J - 1 - P) before index p.
+        self.start = tuple(p[a] - self.stride[a] * (taps[a] - 1 - pad[a]) for a in (0, 1))
+        self.kernel, self.pad = tuple(k), tuple(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, Cin, T, F] -> [B, Cout, (T - 1) s_t - 2 p_t + k_t, (F - 1) s_f - 2 p_f + k_f]."""
+        z = self.inner(x)
+        b, _, mt, mf = z.shape
+        (st, sf), c = self.stride, self.cout
+        y = z.view(b, st, sf, c, mt, mf).permute(0, 3, 4, 1, 5, 2).reshape(b, c, mt * st, mf * sf)
+        t_out = (x.shape[2] - 1) * st - 2 * self.pad[0] + self.kernel[0]
+        f_out = (x.shape[3] - 1) * sf - 2 * self.pad[1] + self.kernel[1]
+        t0, f0 = self.start
+        return y[:, :, t0 : t0 + t_out, f0 : f0 + f_out]
+
+
+def int8_candidates(model: nn.Module) -> dict[str, CausalConv2d | CausalConvTranspose2d]:
+    """The causal convs and transposed convs that may run int8: all but the first and last."""
+    kinds = (CausalConv2d, CausalConvTranspose2d)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and n not in ALWAYS_FP32}
+
+
+def _int8_twin(conv: nn.Module, in_range: tuple[float, float], bits: int = 8) -> nn.Module:
+    if isinstance(conv, nn.ConvTranspose2d):
+        return Int8ConvTranspose2d(conv, in_range, bits)
+    return Int8Conv2d(conv, in_range, bits)
 
 
 # ---- calibration ----------------------------------------------------------------------------
@@ -306,7 +369,7 @@ def layer_sensitivity(
     for name, (lo, hi) in ranges.items():
         m = layers[name]
         conv = m.conv
-        m.conv = Int8Conv2d(conv, (lo, hi))
+        m.conv = _int8_twin(conv, (lo, hi))
         try:
             out[name] = runner.snr_db(_part(name))
         finally:
@@ -379,8 +442,8 @@ def quantize_int8(model: nn.Module, calibration: Int8Calibration, bits: int | No
         raise ModelError(f"int8 calibration has no range for {missing[:3]} (another model?)")
     count = 0
     for name, m in layers.items():
-        if name in calibration.fp32_layers or isinstance(m.conv, Int8Conv2d):
+        if name in calibration.fp32_layers or isinstance(m.conv, Int8Conv2d | Int8ConvTranspose2d):
             continue
-        m.conv = Int8Conv2d(m.conv, calibration.ranges[name], bits)
+        m.conv = _int8_twin(m.conv, calibration.ranges[name], bits)
         count += 1
     return count
