@@ -165,11 +165,10 @@ def test_cli_calibrate_and_int8_roundtrip(tiny, run_cli, tmp_path):
     assert r.returncode == 0, r.stderr
     y, sr = sf.read(out)
     assert sr == 48000 and y.shape[0] >= 48000 and np.isfinite(y).all()
-    r = run_cli(
-        "roundtrip", "--model", "default", "--int8", "--dtype", "bf16", src, tmp_path / "b.wav"
-    )
-    assert r.returncode == 2
-    assert r.stderr.decode().strip().count("\n") == 0 and "float dtype" in r.stderr.decode()
+    for bad, says in ((("--dtype", "bf16"), "float dtype"), (("--device", "cuda"), "CPU only")):
+        r = run_cli("roundtrip", "--model", "default", "--int8", *bad, src, tmp_path / "b.wav")
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.strip().count("\n") == 0 and says in err, err
 
 
 def test_transposed_convs_become_ordinary_convs_exactly():

@@ -597,6 +597,8 @@ def load(
     copied into it one at a time, so loading needs little extra memory.
     """
     set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
+    if int8 is not False and str(device) != "auto":
+        check_int8_support(device)  # before the device: "int8 is CPU only" says more
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)

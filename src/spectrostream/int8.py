@@ -78,7 +78,10 @@ def _qconv_op():
 def check_int8_support(device: torch.device | str = "cpu") -> None:
     """Raise ModelError (one line) where int8 cannot run: a non-CPU device, or a torch build
     without oneDNN's quantized convolutions."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}") from None
     if dev.type != "cpu":
         raise ModelError(f"int8 runs on the CPU only, not on {dev}; use --device cpu")
     if not torch.backends.mkldnn.is_available():
