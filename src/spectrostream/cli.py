@@ -335,7 +335,9 @@ def run_calibrate_int8(args: argparse.Namespace) -> int:
     source = f"{len(clips)} clips of {args.seconds:g} s (middle): " + ", ".join(
         Path(p).name for p in paths
     )
-    calibration = codec.calibrate_int8(clips, source=source, budget_db=args.budget_db)
+    calibration = codec.calibrate_int8(
+        clips, source=source, budget_db=args.budget_db, probe_clips=args.probe_clips
+    )
     write_int8_calibration(calibration, out)
     print(
         f"wrote {out}: {len(calibration.ranges) - len(calibration.fp32_layers)} int8 layers, "
@@ -489,6 +491,12 @@ def _add_calibrate_int8_command(sub: argparse._SubParsersAction) -> None:
         default=35.0,
         help="keep the most sensitive layers float32 until the rest's estimated noise is this "
         "far below the signal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-clips",
+        type=_positive_int,
+        default=4,
+        help="clips (the first N) for the per-layer sensitivity runs, the slow part (4)",
     )
     p.set_defaults(func=run_calibrate_int8)
 

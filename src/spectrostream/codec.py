@@ -455,7 +455,11 @@ class Codec:
 
     # ---- int8 (CPU) ---------------------------------------------------------------------
     def calibrate_int8(
-        self, clips: Sequence[torch.Tensor], source: str = "", budget_db: float = 35.0
+        self,
+        clips: Sequence[torch.Tensor],
+        source: str = "",
+        budget_db: float = 35.0,
+        probe_clips: int = 4,
     ) -> Int8Calibration:
         """int8 calibration of this (float32, CPU) codec on 48 kHz clips [C, T] of real music:
         per-layer input ranges and the layers kept float32 (see :func:`int8.calibrate`)."""
@@ -465,7 +469,14 @@ class Codec:
         check_int8_support(self.device)
         batches = [self.to_model_channels(as_float_audio(c))[None] for c in clips]
         with torch.inference_mode(), self._exact():
-            return calibrate(self.model, self.model_id, batches, budget_db=budget_db, source=source)
+            return calibrate(
+                self.model,
+                self.model_id,
+                batches,
+                sensitivity_clips=probe_clips,
+                budget_db=budget_db,
+                source=source,
+            )
 
     def quantize_int8(self, calibration: Int8Calibration, bits: int | None = None) -> Codec:
         """Run the convolutions int8 with ``calibration``'s ranges (CPU, float32 codec; one
