@@ -66,59 +66,82 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "eval")
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--no-original", action="store_true", help="skip ViSQOL against the clip")
+    p.add_argument(
+        "--int8-calibration",
+        action="append",
+        help="calibration file(s) to compare, repeatable (default: the one beside the model)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    fp, q = load(args.model, device="cpu"), load(args.model, device="cpu", int8=True)
+    fp = load(args.model, device="cpu")
+    qs = {str(c): load(args.model, device="cpu", int8=c) for c in args.int8_calibration or [True]}
     scorer = VisqolScorer()
-    rows: dict[int, dict[str, list[float]]] = {k: {} for k in RATES_KBPS}
-    signal = {k: 0.0 for k in RATES_KBPS}
-    noise = {k: 0.0 for k in RATES_KBPS}
+    rows = {c: {k: {} for k in RATES_KBPS} for c in qs}
+    signal = {c: dict.fromkeys(RATES_KBPS, 0.0) for c in qs}
+    noise = {c: dict.fromkeys(RATES_KBPS, 0.0) for c in qs}
     t0, load0 = time.time(), os.getloadavg()[0]
     for name, audio in clips(args.data, args.max_seconds):
-        y32, y8 = decode_at_rates(fp, audio), decode_at_rates(q, audio)
-        for k in RATES_KBPS:
-            r = rows[k]
-            signal[k] += float(y32[k].double().square().sum())
-            noise[k] += float((y8[k].double() - y32[k].double()).square().sum())
-            r.setdefault("int8_vs_fp32_ref", []).append(mean_visqol(scorer, y32[k], y8[k]))
-            r.setdefault("fp32_vs_fp32_ref", []).append(mean_visqol(scorer, y32[k], y32[k]))
-            if not args.no_original:
-                r.setdefault("fp32_vs_clip", []).append(mean_visqol(scorer, audio, y32[k]))
-                r.setdefault("int8_vs_clip", []).append(mean_visqol(scorer, audio, y8[k]))
+        y32 = decode_at_rates(fp, audio)
+        ceiling = {k: mean_visqol(scorer, y32[k], y32[k]) for k in RATES_KBPS}
+        fp_clip = {}
+        if not args.no_original:
+            fp_clip = {k: mean_visqol(scorer, audio, y32[k]) for k in RATES_KBPS}
+        for c, q in qs.items():
+            y8 = decode_at_rates(q, audio)
+            for k in RATES_KBPS:
+                r = rows[c][k]
+                signal[c][k] += float(y32[k].double().square().sum())
+                noise[c][k] += float((y8[k].double() - y32[k].double()).square().sum())
+                r.setdefault("int8_vs_fp32_ref", []).append(mean_visqol(scorer, y32[k], y8[k]))
+                r.setdefault("fp32_vs_fp32_ref", []).append(ceiling[k])
+                if fp_clip:
+                    r.setdefault("fp32_vs_clip", []).append(fp_clip[k])
+                    r.setdefault("int8_vs_clip", []).append(mean_visqol(scorer, audio, y8[k]))
         print(f"{name}: done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     result = {
         "model": args.model,
         "model_id": fp.model_id,
-        "clips": len(rows[RATES_KBPS[0]]["int8_vs_fp32_ref"]),
+        "clips": len(rows[next(iter(qs))][RATES_KBPS[0]]["int8_vs_fp32_ref"]),
         "max_seconds": args.max_seconds,
         "visqol": "speech mode, lattice model, per channel, mean over channels and clips",
         "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "wall_s": round(time.time() - t0, 1),
-        "rates": {
-            k: {
-                **{m: round(statistics.fmean(v), 4) for m, v in rows[k].items()},
-                "snr_db_int8_vs_fp32": round(10 * math.log10(signal[k] / max(noise[k], 1e-30)), 2),
-            }
-            for k in RATES_KBPS
-        },
+        "calibrations": {c: summarize(rows[c], signal[c], noise[c]) for c in qs},
     }
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
     print(text)
-    print(
-        "| kbps | ViSQOL fp32 | ViSQOL int8 | diff | int8 vs fp32 ref | fp32 vs itself | SNR dB |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for k, r in result["rates"].items():
-        a, b = r.get("fp32_vs_clip"), r.get("int8_vs_clip")
-        diff = f"{b - a:+.3f}" if a is not None else "-"
-        fa, fb = (f"{a:.3f}", f"{b:.3f}") if a is not None else ("-", "-")
-        print(
-            f"| {k} | {fa} | {fb} | {diff} | {r['int8_vs_fp32_ref']:.3f} "
-            f"| {r['fp32_vs_fp32_ref']:.3f} | {r['snr_db_int8_vs_fp32']:.1f} |"
-        )
+    print_table(result["calibrations"])
     return 0
+
+
+def summarize(rows: dict, signal: dict, noise: dict) -> dict:
+    """Per rate: the mean of each ViSQOL column and the pooled SNR (dB) of int8 vs fp32."""
+    return {
+        k: {
+            **{m: round(statistics.fmean(v), 4) for m, v in rows[k].items()},
+            "snr_db_int8_vs_fp32": round(10 * math.log10(signal[k] / max(noise[k], 1e-30)), 2),
+        }
+        for k in RATES_KBPS
+    }
+
+
+def print_table(calibrations: dict) -> None:
+    print(
+        "| int8 calibration | kbps | ViSQOL fp32 | ViSQOL int8 | diff "
+        "| int8 vs fp32 output | fp32 vs itself | SNR dB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c, rates in calibrations.items():
+        for k, r in rates.items():
+            a, b = r.get("fp32_vs_clip"), r.get("int8_vs_clip")
+            diff = f"{b - a:+.3f}" if a is not None else "-"
+            fa, fb = (f"{a:.3f}", f"{b:.3f}") if a is not None else ("-", "-")
+            print(
+                f"| {c} | {k} | {fa} | {fb} | {diff} | {r['int8_vs_fp32_ref']:.3f} "
+                f"| {r['fp32_vs_fp32_ref']:.3f} | {r['snr_db_int8_vs_fp32']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

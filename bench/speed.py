@@ -125,22 +125,22 @@ class Now:
 
 
 class Int8(Now):
-    """int8 convolutions (``spectrostream.int8``) with the shipped default model's calibration:
-    its ranges and its float32 layers (layer names are the same in every config, and the
-    ranges do not change the speed; ``default`` gets exactly what ``load(int8=True)`` does)."""
+    """int8 convolutions (``spectrostream.int8``) with a calibration file: by default the
+    shipped model's (its ranges and float32 layers; layer names are the same in every config
+    and ranges do not change the speed, so ``default`` gets exactly what ``load(int8=True)``
+    does). ``name`` tells variants with different calibrations apart."""
 
-    name = "int8"
-
-    def __init__(self, model: SpectroStream) -> None:
+    def __init__(self, model: SpectroStream, calibration: Path | None = None, name: str = "int8"):
         import copy
 
         from spectrostream.codec import int8_calibration_path, read_int8_calibration
         from spectrostream.int8 import quantize_int8
         from spectrostream.weights import MODELS_DIR
 
-        cal = read_int8_calibration(int8_calibration_path(MODELS_DIR / "default.safetensors"))
+        path = calibration or int8_calibration_path(MODELS_DIR / "default.safetensors")
         q = copy.deepcopy(model)
-        quantize_int8(q, cal)
+        quantize_int8(q, read_int8_calibration(path))
+        self.name = name
         super().__init__(q)
 
 
@@ -261,6 +261,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--int8", action="store_true", help="add the int8 variant")
+    p.add_argument(
+        "--int8-calibration",
+        type=Path,
+        action="append",
+        help="int8 variant(s) with these calibration files (repeatable; names int8:<stem>)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -275,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
+    int8 += [Int8(model, c, f"int8:{c.name}") for c in args.int8_calibration or []]
     variants: list = [Now(model)]
     if args.baseline_rev != "none":
         variants.append(Baseline(model, args.baseline_rev))
