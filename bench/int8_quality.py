@@ -8,6 +8,9 @@ levels, as the bitstream does) and decodes each at 4, 8 and 16 kbps. Reported pe
     against itself (the ceiling) beside it: the view for the official architecture on the
     parity fixture's random weights, whose output is not music;
   * SNR (dB) of the int8 decoded audio against the float32 decoded audio (all clips pooled).
+``--decoder-only`` decodes the float32 encoder's codes with the int8 decoder: the decoder's
+error alone, without code changes (on random weights a changed code is a different random
+vector, so whole-codec output is not comparable there).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/int8_quality.py --model default
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/int8_quality.py --model official.safetensors \\
@@ -46,9 +49,12 @@ def clips(data: Path, max_seconds: float | None) -> list[tuple[str, torch.Tensor
     return out
 
 
-def decode_at_rates(codec, audio: torch.Tensor) -> dict[int, torch.Tensor]:
-    """[C, T] -> {kbps: decoded [C, T]}: encoded once at all levels, decoded per rate."""
-    codes = codec.encode(audio, 48000)  # [1, L, N]
+def decode_at_rates(
+    codec, audio: torch.Tensor, codes: torch.Tensor | None = None
+) -> dict[int, torch.Tensor]:
+    """[C, T] -> {kbps: decoded [C, T]}: encoded once at all levels (unless ``codes`` are
+    given), decoded per rate."""
+    codes = codec.encode(audio, 48000) if codes is None else codes  # [1, L, N]
     out = {}
     for kbps in RATES_KBPS:
         n = codec.levels_for(kbps)
@@ -67,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--no-original", action="store_true", help="skip ViSQOL against the clip")
     p.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="int8 decodes the float32 encoder's codes (the decoder's error alone)",
+    )
+    p.add_argument(
         "--int8-calibration",
         action="append",
         help="calibration file(s) to compare, repeatable (default: the one beside the model)",
@@ -81,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     noise = {c: dict.fromkeys(RATES_KBPS, 0.0) for c in qs}
     t0, load0 = time.time(), os.getloadavg()[0]
     for name, audio in clips(args.data, args.max_seconds):
-        y32 = decode_at_rates(fp, audio)
+        codes = fp.encode(audio, 48000)
+        y32 = decode_at_rates(fp, audio, codes)
         ceiling = {k: mean_visqol(scorer, y32[k], y32[k]) for k in RATES_KBPS}
         fp_clip = {}
         if not args.no_original:
             fp_clip = {k: mean_visqol(scorer, audio, y32[k]) for k in RATES_KBPS}
         for c, q in qs.items():
-            y8 = decode_at_rates(q, audio)
+            y8 = decode_at_rates(q, audio, codes if args.decoder_only else None)
             for k in RATES_KBPS:
                 r = rows[c][k]
                 signal[c][k] += float(y32[k].double().square().sum())
@@ -103,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_id": fp.model_id,
         "clips": len(rows[next(iter(qs))][RATES_KBPS[0]]["int8_vs_fp32_ref"]),
         "max_seconds": args.max_seconds,
+        "decoder_only": args.decoder_only,
         "visqol": "speech mode, lattice model, per channel, mean over channels and clips",
         "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "wall_s": round(time.time() - t0, 1),

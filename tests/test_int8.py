@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spectrostream import audio_io, int8, load
+from spectrostream.cli import main
 from spectrostream.codec import (
     Codec,
     int8_calibration_path,
@@ -50,7 +51,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_calibration(tiny):
     path, codec = tiny
-    cal = codec.calibrate_int8([clip("guitar.flac", 1.0), clip("sopr.flac", 1.0)], source="test")
+    clips = [clip("guitar.flac", 1.0), clip("sopr.flac", 1.0)]
+    cal = codec.calibrate_int8(clips, source="test", probe_clips=1)
     write_int8_calibration(cal, int8_calibration_path(path))
     return cal
 
@@ -165,10 +167,18 @@ def test_cli_calibrate_and_int8_roundtrip(tiny, run_cli, tmp_path):
     assert r.returncode == 0, r.stderr
     y, sr = sf.read(out)
     assert sr == 48000 and y.shape[0] >= 48000 and np.isfinite(y).all()
+
+
+def test_cli_int8_refusals_are_one_line(tmp_path, capsys):
+    src = tmp_path / "in.wav"
+    sf.write(src, clip("guitar.flac", 0.2).numpy().T, 48000)
     for bad, says in ((("--dtype", "bf16"), "float dtype"), (("--device", "cuda"), "CPU only")):
-        r = run_cli("roundtrip", "--model", "default", "--int8", *bad, src, tmp_path / "b.wav")
-        err = r.stderr.decode()
-        assert r.returncode == 2 and err.strip().count("\n") == 0 and says in err, err
+        status = main(
+            ["roundtrip", "--model", "default", "--int8", *bad, str(src), str(tmp_path / "o.wav")]
+        )
+        err = capsys.readouterr().err
+        assert status == 2 and err.strip().count("\n") == 0 and says in err, err
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_transposed_convs_become_ordinary_convs_exactly():

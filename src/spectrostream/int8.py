@@ -1,20 +1,22 @@
 """int8 inference on the CPU: static int8 convolutions with calibrated activation ranges.
 
-Every ``CausalConv2d`` except the first (spectrum in) and the last (spectrum out), and except
-the layers a calibration file keeps in float32, runs as a oneDNN int8 convolution
-(``torch.ops.onednn.qconv_pointwise``, the kernels PyTorch's x86 inductor backend uses; VNNI
-where the CPU has it): per-output-channel symmetric int8 weights, a per-tensor asymmetric uint8
-input (scale and zero point from a calibrated range [lo, hi]), float32 output straight from the
-int32 accumulator (no output requantization). The streaming state, the residual adds, the
-transposed convs, STFT/iSTFT and the RVQ stay float32. Codes differ from float32: int8 is
-judged by quality (docs/benchmarks.md), not parity.
+Every ``CausalConv2d`` and ``CausalConvTranspose2d`` except the first conv (spectrum in) and
+the last (spectrum out), and except the layers a calibration keeps float32, runs as a oneDNN
+int8 convolution (``torch.ops.onednn.qconv_pointwise``, the kernel PyTorch's x86 inductor
+backend uses; VNNI where the CPU has it): per-output-channel symmetric int8 weights, a
+per-tensor asymmetric uint8 input (scale and zero point from a calibrated range [lo, hi]),
+float32 output straight from the int32 accumulator (no output requantization). A transposed
+conv becomes one ordinary conv whose output channels are its stride phases, then an interleave
+(:func:`_phase_conv`; exact in float32). The streaming state, residual adds, ELU, STFT/iSTFT
+and the RVQ stay float32. Codes differ from float32: int8 is judged by quality
+(docs/benchmarks.md), not parity.
 
 On CPUs without VNNI the uint8 x int8 products are summed pairwise in int16 (``vpmaddubsw``)
-and can saturate; there the inputs get 7-bit ranges (0..127), which cannot.
+and can saturate; there the inputs get 7-bit codes (0..127), which cannot.
 
-Calibration (``calibrate``) runs the float32 model over real music and picks, per layer, the
-input range that minimises the mean squared quantization error of the observed inputs; the
-ranges are stored in a small JSON file (:class:`Int8Calibration`) keyed by the model id.
+:func:`calibrate` runs the float32 model over real music, picks each layer's input range and
+the layers too sensitive for int8 (a per-layer sensitivity search); the result is a small JSON
+file (:class:`Int8Calibration`) keyed by the model id, which ``load(int8=True)`` reads.
 """
 
 from __future__ import annotations
