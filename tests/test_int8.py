@@ -212,3 +212,11 @@ def test_float32_layers_are_the_most_sensitive_until_the_budget_holds():
         "encoder.c",
         "decoder.x",
     )
+
+
+def test_token_shards_record_int8(tiny, tiny_calibration):
+    from spectrostream.tokenize import _metadata
+
+    path, codec = tiny
+    assert _metadata(codec, 4)["dtype"] == "fp32"
+    assert _metadata(load(path, int8=True), 4)["dtype"] == "int8"
