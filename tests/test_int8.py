@@ -126,7 +126,8 @@ def test_shipped_model_int8_close_to_float32_on_music():
     for kbps in (4, 16):
         y32 = fp.decode(fp.encode(x, 48000, kbps=kbps))
         y8 = q.decode(q.encode(x, 48000, kbps=kbps))
-        assert snr_db(y32, y8) > 22  # measured 30 dB at 16 kbps on 3 s of this clip
+        # measured here: 25.6 / 26.8 dB (4 / 16 kbps) with 8 bits, 20.9 / 21.6 with 7 bits
+        assert snr_db(y32, y8) > (22 if int8.default_bits() == 8 else 18)
 
 
 def test_seven_bit_inputs_never_exceed_127():
