@@ -234,18 +234,21 @@ def _worker_init() -> None:
 
 
 class Int8(Now):
-    """Static int8 convolutions (spectrostream.int8), calibrated on 5 s of a real clip."""
+    """int8 convolutions (``spectrostream.int8``) with a calibration file: by default the
+    shipped model's (its ranges and float32 layers; layer names are the same in every config
+    and ranges do not change the speed, so ``default`` gets exactly what ``load(int8=True)``
+    does). ``name`` tells variants with different calibrations apart."""
 
-    name = "int8"
-
-    def __init__(self, model: SpectroStream) -> None:
-        from spectrostream import audio_io
+    def __init__(self, model: SpectroStream, calibration: Path | None = None, name: str = "int8"):
+        from spectrostream.codec import int8_calibration_path, read_int8_calibration
         from spectrostream.int8 import quantize_int8
+        from spectrostream.weights import MODELS_DIR
 
-        clip = ROOT.parent / "shared" / "eval" / "hungarian_dance_5.flac"
-        cal = audio_io.read_audio(clip, sample_rate=48000)[0][: model.config.audio_channels]
-        cal = torch.from_numpy(cal[:, : 5 * 48000])[None].float()
-        super().__init__(quantize_int8(copy.deepcopy(model), cal))
+        path = calibration or int8_calibration_path(MODELS_DIR / "default.safetensors")
+        q = copy.deepcopy(model)
+        quantize_int8(q, read_int8_calibration(path))
+        self.name = name
+        super().__init__(q)
 
 
 def import_baseline(rev: str) -> tuple[object, object]:
@@ -389,6 +392,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add the two-thread overlap variant (and, with --threads > 1, 'now' on 1 thread)",
     )
+    p.add_argument(
+        "--int8-calibration",
+        type=Path,
+        action="append",
+        help="int8 variant(s) with these calibration files (repeatable; names int8:<stem>)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     return p.parse_args(argv)
 
@@ -403,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     fe, fd = count_flops(model)
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
+    int8 += [Int8(model, c, f"int8:{c.name}") for c in args.int8_calibration or []]
     one_thread = args.threads > 1 and (args.overlap or args.tower_split)
     extra = args.compiled + args.fp32_search + args.tower_split
     extra += (1 + args.compiled) * args.overlap + one_thread

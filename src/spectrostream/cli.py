@@ -103,15 +103,22 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         choices=("fp32", "bf16", "fp16"),
         help="convolution precision; the RVQ search is always fp32 (default: %(default)s)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 convolutions on the CPU, with the model's calibration file "
+        "(MODEL.int8.json; see calibrate-int8)",
+    )
 
 
 def _load_codec(args: argparse.Namespace):
     from .codec import load
     from .device import rank_device
 
-    return load(
-        args.model, revision=args.revision, device=rank_device(args.device), dtype=args.dtype
-    )
+    device = rank_device(args.device)
+    if args.int8 and device == "auto":
+        device = "cpu"  # int8 runs on the CPU: auto must not pick a GPU
+    return load(args.model, revision=args.revision, device=device, dtype=args.dtype, int8=args.int8)
 
 
 def _report_arg(p: argparse.ArgumentParser) -> None:
@@ -304,6 +311,60 @@ def run_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_calibrate_int8(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import audio_io
+    from .codec import int8_calibration_path, load, write_int8_calibration
+    from .weights import resolve_model
+
+    paths = _audio_files(args.audio)
+    out = args.output or int8_calibration_path(resolve_model(args.model, args.revision))
+    codec = load(args.model, revision=args.revision, device="cpu")
+    clips = []
+    for path in paths:
+        info = audio_io.audio_info(path)
+        want = round(args.seconds * info.sample_rate)
+        total = info.num_frames or round((info.duration_s or 0) * info.sample_rate)
+        start = max(0, (total - want) // 2)  # the middle: past any intro silence
+        audio, sr = audio_io.read_range(path, start, want)
+        if audio.shape[1] >= sr // 10:  # skip what is too short to say anything
+            clips.append(torch.from_numpy(audio_io.resample(audio, sr, codec.sample_rate)))
+    if not clips:
+        raise UsageError("no audio long enough to calibrate on (0.1 s or more per file)")
+    source = f"{len(clips)} clips of {args.seconds:g} s (middle): " + ", ".join(
+        Path(p).name for p in paths
+    )
+    calibration = codec.calibrate_int8(
+        clips, source=source, budget_db=args.budget_db, probe_clips=args.probe_clips
+    )
+    write_int8_calibration(calibration, out)
+    print(
+        f"wrote {out}: {len(calibration.ranges) - len(calibration.fp32_layers)} int8 layers, "
+        f"{len(calibration.fp32_layers)} kept float32",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _audio_files(inputs: list[str]) -> list[str]:
+    """Audio files named, or found below named directories (sorted); none is a UsageError."""
+    from .audio_io import is_audio_file_name
+
+    found: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_audio_file_name(f))
+        elif p.is_file():
+            found.append(item)
+        else:
+            raise UsageError(f"{item}: no such file or directory")
+    if not found:
+        raise UsageError(f"no audio files in {', '.join(inputs)}")
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -321,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenize_command(sub)
     _add_bitstream_commands(sub)
     _add_convert_official_command(sub)
+    _add_calibrate_int8_command(sub)
     _add_optional_commands(sub)
     return parser
 
@@ -411,6 +473,32 @@ def _add_convert_official_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output model .safetensors")
     p.add_argument("--fp16", action="store_true", help="store weights in float16")
     p.set_defaults(func=run_convert_official)
+
+
+def _add_calibrate_int8_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate-int8", help="calibrate a model's int8 convolutions on music (for --int8)"
+    )
+    p.add_argument("audio", nargs="+", help="audio files or directories of real music")
+    _model_arg(p)
+    p.add_argument("-o", "--output", help="calibration file (default: MODEL.int8.json beside it)")
+    p.add_argument(
+        "--seconds", type=float, default=4.0, help="seconds from the middle of each file (4)"
+    )
+    p.add_argument(
+        "--budget-db",
+        type=float,
+        default=35.0,
+        help="keep the most sensitive layers float32 until the rest's estimated noise is this "
+        "far below the signal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-clips",
+        type=_positive_int,
+        default=4,
+        help="clips (the first N) for the per-layer sensitivity runs, the slow part (4)",
+    )
+    p.set_defaults(func=run_calibrate_int8)
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:

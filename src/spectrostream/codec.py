@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from . import audio_io, bitstream
+from .atomic import atomic_path
 from .config import CODE_RATE_HZ, SAMPLE_RATE, SAMPLES_PER_CODE, ModelConfig
 from .decoder import Decoder
 from .device import exact_fp32, resolve_device, resolve_dtype
 from .encoder import Encoder
 from .errors import AudioError, BitstreamError, ModelError, UsageError
+from .int8 import Int8Calibration, calibrate, check_int8_support, quantize_int8
 from .model import SpectroStream, StreamingDecoder, StreamingEncoder, fold_weight_norm
 from .official import PARTS, parts_present
 from .runtime import set_threads
@@ -79,6 +81,7 @@ class Codec:
         state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in self.parts}
         self.model_id = model_id or _state_model_id(state, self.config)
         self._dtype = torch.float32
+        self._int8 = False
 
     # ---- properties ---------------------------------------------------------------------
     sample_rate = SAMPLE_RATE
@@ -101,6 +104,11 @@ class Codec:
         """Compute dtype of the encoder and decoder convolutions (the RVQ is always float32)."""
         return self._dtype
 
+    @property
+    def int8(self) -> bool:
+        """True once :meth:`quantize_int8` made the convolutions int8 (CPU only, one way)."""
+        return self._int8
+
     def to(
         self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
     ) -> Codec:
@@ -111,7 +119,10 @@ class Codec:
         ModelError for a device that is not available. Returns self.
         """
         if device is not None:
-            self.model.to(resolve_device(device))
+            dev = resolve_device(device)
+            if self._int8:
+                check_int8_support(dev)
+            self.model.to(dev)
         if dtype is not None:
             self._set_dtype(resolve_dtype(dtype))
         return self
@@ -119,6 +130,8 @@ class Codec:
     def _set_dtype(self, dtype: torch.dtype) -> None:
         if dtype == self._dtype:
             return
+        if self._int8:
+            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
         if self._dtype != torch.float32:
             raise ModelError(
                 f"the weights are already cast to {self._dtype}; their float32 values are gone, "
@@ -440,9 +453,56 @@ class Codec:
         want = audio_io.resampled_length(header.num_samples, header.sample_rate, sr)
         return torch.from_numpy(np.ascontiguousarray(audio_io.fit_length(out.numpy(), want))), sr
 
+    # ---- int8 (CPU) ---------------------------------------------------------------------
+    def calibrate_int8(
+        self,
+        clips: Sequence[torch.Tensor],
+        source: str = "",
+        budget_db: float = 35.0,
+        probe_clips: int = 4,
+    ) -> Int8Calibration:
+        """int8 calibration of this (float32, CPU) codec on 48 kHz clips [C, T] of real music:
+        per-layer input ranges and the layers kept float32 (see :func:`int8.calibrate`)."""
+        self._need(*PARTS)
+        if self._int8 or self._dtype != torch.float32:
+            raise UsageError("calibrate a float32 codec (load it without int8 or a dtype)")
+        check_int8_support(self.device)
+        batches = [self.to_model_channels(as_float_audio(c))[None] for c in clips]
+        with torch.inference_mode(), self._exact():
+            return calibrate(
+                self.model,
+                self.model_id,
+                batches,
+                sensitivity_clips=probe_clips,
+                budget_db=budget_db,
+                source=source,
+            )
+
+    def quantize_int8(self, calibration: Int8Calibration, bits: int | None = None) -> Codec:
+        """Run the convolutions int8 with ``calibration``'s ranges (CPU, float32 codec; one
+        way: load again for float32). ``bits``: 8, or 7 where the CPU lacks VNNI (default:
+        detected). Returns self."""
+        if calibration.model_id != self.model_id:
+            raise ModelError(
+                f"the int8 calibration is for model {calibration.model_id}, this model is "
+                f"{self.model_id}: calibrate it (spectrostream calibrate-int8)"
+            )
+        if self._dtype != torch.float32:
+            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
+        check_int8_support(self.device)
+        if not self._int8:
+            quantize_int8(self.model, calibration, bits)
+            self._int8 = True
+        return self
+
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | Path, fp16: bool = False) -> None:
         """Write safetensors (atomically) with the config JSON, model id and parts in the metadata."""
+        if self._int8:
+            raise UsageError(
+                "an int8 codec is not saved (its float weights are gone): save it "
+                "before quantize_int8, or load the float32 model"
+            )
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in self.model.state_dict().items()
@@ -530,6 +590,7 @@ def load(
     device: str | torch.device = "cpu",
     revision: str | None = None,
     dtype: str | torch.dtype = "fp32",
+    int8: bool | str | Path = False,
 ) -> Codec:
     """Load a codec: a path to a .safetensors model, or a name: ``"magenta-rt"`` (Google's
     weights, downloaded from the Hugging Face Hub once at ``revision``, then cached) or
@@ -538,11 +599,17 @@ def load(
     ``device``: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; ``dtype``: ``"fp32"``, ``"bf16"``
     or ``"fp16"`` for the convolutions (see ``Codec.to``). An unavailable device is a ModelError.
 
+    ``int8``: ``True`` runs the convolutions int8 on the CPU with the calibration file next to
+    the model (``NAME.int8.json``, see :func:`int8_calibration_path`), or give that file's
+    path. A model without one is a ModelError (make one with ``spectrostream calibrate-int8``).
+
     Strict: every tensor of each part the file declares must be present with its shape. The
     config and the tensor shapes are checked before the network is built, and tensors are
     copied into it one at a time, so loading needs little extra memory.
     """
     set_threads()  # the default thread count, unless chosen (OMP_NUM_THREADS, --threads)
+    if int8 is not False and str(device) != "auto":
+        check_int8_support(device)  # before the device: "int8 is CPU only" says more
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     path = resolve_model(name_or_path, revision)
     config, meta = read_model_meta(path)
@@ -555,7 +622,38 @@ def load(
             for k in parts_keys:
                 own[k].copy_(f.get_tensor(k))
     codec = Codec(model.to(dev), model_id=meta.get("model_id"), parts=parts)
+    if int8 is not False:
+        if dt != torch.float32:
+            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
+        check_int8_support(dev)
+        where = int8_calibration_path(path) if int8 is True else Path(int8)
+        return codec.quantize_int8(read_int8_calibration(where))
     return codec.to(dtype=dt) if dt != torch.float32 else codec
+
+
+def int8_calibration_path(model_path: str | Path) -> Path:
+    """Where a model's int8 calibration lives: ``x.safetensors`` -> ``x.int8.json`` beside it."""
+    p = Path(model_path)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".int8.json")
+
+
+def read_int8_calibration(path: str | Path) -> Int8Calibration:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ModelError(
+            f"no int8 calibration at {path}: make one with spectrostream calibrate-int8"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the int8 calibration ({e})") from None
+    return Int8Calibration.from_json(text, where=str(path))
+
+
+def write_int8_calibration(calibration: Int8Calibration, path: str | Path) -> None:
+    """Write (atomically) a calibration file that :func:`load` ``(int8=True)`` reads."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(calibration.to_json() + "\n")
 
 
 def model_summary(codec: Codec) -> str:

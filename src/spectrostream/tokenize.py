@@ -221,7 +221,7 @@ def _metadata(codec: Codec, levels: int) -> dict[str, str]:
         "frame_rate": str(codec.frame_rate),
         "samples_per_frame": str(SAMPLES_PER_CODE),
         "lookahead_frames": "1",
-        "dtype": dtype_name(codec.dtype),
+        "dtype": "int8" if codec.int8 else dtype_name(codec.dtype),  # int8 convs: their own codes
     }
 
 
