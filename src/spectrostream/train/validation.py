@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
+from ..model import SpectroStream
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
 from .nets import Nets
@@ -55,36 +56,11 @@ def validate(
             with autocast(cfg, device):
                 emb = model.encode_embeddings(x).float()
             latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]).cpu())
-            outs = {"bypass": emb}
-            for kbps, n in levels.items():
-                outs[f"{kbps}kbps"] = model.quantizer.quantize(emb, n)[1]
             if quantized:
                 codes = model.quantizer.encode(emb)  # [B, Q, N]
                 used.append(codes.transpose(0, 1).reshape(codes.shape[1], -1))
-            noise = torch.randn(emb.shape, generator=gen, device=device) * emb.std()
-            outs["noisy"] = emb + 0.05 * noise
-            decoded = {}
-            for name, e in outs.items():
-                with autocast(cfg, device):
-                    decoded[name] = model.decode_embeddings(e).float()
-            y0 = decoded.pop("bypass")
-            yn = decoded.pop("noisy")
-            change = (yn - y0).square().sum((1, 2)) / y0.square().sum((1, 2)).clamp_min(1e-12)
-            sums["val/noise_change"] = (
-                sums.get("val/noise_change", 0.0) + change.sqrt().sum().item()
-            )
-            decoded = {"bypass": y0, **decoded}
-            for name, y in decoded.items():
-                ref = x[..., : y.shape[-1]]
-                for i in range(x.shape[0]):
-                    m = mel(ref[i : i + 1], y[i : i + 1]).item()
-                    s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
-                    sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
-                    sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
-                    j = count + i
-                    if j < cfg.run.val_audio_examples:
-                        examples.setdefault(f"{j}/reference", ref[i].float().cpu())
-                        examples[f"{j}/{name}"] = y[i].float().cpu()
+            decoded = _decode_variants(cfg, model, emb, levels, gen, device, sums)
+            _score_batch(cfg, x, decoded, mel, count, sums, examples)
             count += x.shape[0]
     finally:
         model.train()
@@ -94,6 +70,56 @@ def validate(
     if used:
         out.update(code_stats(torch.cat(used, 1), nets.rvq, cfg))
     return out, examples
+
+
+def _decode_variants(
+    cfg: TrainConfig,
+    model: SpectroStream,
+    emb: torch.Tensor,
+    levels: dict[int, int],
+    gen: torch.Generator,
+    device: torch.device,
+    sums: dict[str, float],
+) -> dict[str, torch.Tensor]:
+    """Decoded audio unquantized ("bypass") and at each rate; adds the summed output change
+    under 5% latent noise to ``sums``."""
+    outs = {"bypass": emb}
+    for kbps, n in levels.items():
+        outs[f"{kbps}kbps"] = model.quantizer.quantize(emb, n)[1]
+    noise = torch.randn(emb.shape, generator=gen, device=device) * emb.std()
+    outs["noisy"] = emb + 0.05 * noise
+    decoded = {}
+    for name, e in outs.items():
+        with autocast(cfg, device):
+            decoded[name] = model.decode_embeddings(e).float()
+    y0, yn = decoded["bypass"], decoded.pop("noisy")
+    change = (yn - y0).square().sum((1, 2)) / y0.square().sum((1, 2)).clamp_min(1e-12)
+    sums["val/noise_change"] = sums.get("val/noise_change", 0.0) + change.sqrt().sum().item()
+    return decoded
+
+
+def _score_batch(
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    decoded: dict[str, torch.Tensor],
+    mel: MultiScaleMelLoss,
+    first: int,
+    sums: dict[str, float],
+    examples: dict[str, Any],
+) -> None:
+    """Per-item mel distance and SI-SDR of every variant into ``sums``; the first
+    ``val_audio_examples`` items' audio into ``examples``."""
+    for name, y in decoded.items():
+        ref = x[..., : y.shape[-1]]
+        for i in range(x.shape[0]):
+            m = mel(ref[i : i + 1], y[i : i + 1]).item()
+            s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
+            sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
+            sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
+            j = first + i
+            if j < cfg.run.val_audio_examples:
+                examples.setdefault(f"{j}/reference", ref[i].float().cpu())
+                examples[f"{j}/{name}"] = y[i].float().cpu()
 
 
 def pca_share(frames: torch.Tensor, k: int) -> float:
