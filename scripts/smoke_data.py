@@ -35,10 +35,8 @@ calibrate_init = true
 
 [loss]
 balance = true
-sdr = 0.3
-sdr_scale_invariant = true
-cstft = 0.3
-mel = 0.4
+cos = 0.3
+mel = 0.7
 adv_gen = 0.0
 adv_feat = 0.0
 

@@ -79,6 +79,8 @@ class LossConfig:
     """One weight per loss key; a weight of 0 skips computing that loss.
 
     sdr: negative SDR of the waveform (dB; ``sdr_scale_invariant`` for SI-SDR).
+    cos: 1 - cosine similarity of the (mean-removed) waveforms: scale-invariant like SI-SDR,
+        but its gradient is bounded and always points towards +x (docs/training.md).
     cstft: squared error of the magnitude-compressed complex STFT at the codec's resolution
         (960 / 480), |X|^cstft_power e^(i angle X).
     balance: when true the weights of the losses on the decoded audio are shares of the
@@ -95,6 +97,7 @@ class LossConfig:
     aux_wave: float = 0.0
     sdr: float = 0.0
     sdr_scale_invariant: bool = False
+    cos: float = 0.0
     cstft: float = 0.0
     cstft_power: float = 0.3
     balance: bool = False
@@ -113,6 +116,7 @@ class LossConfig:
             "aux/stft": self.aux_stft,
             "aux/wave": self.aux_wave,
             "wave/sdr": self.sdr,
+            "wave/cos": self.cos,
             "stft/compressed": self.cstft,
         }
 

@@ -165,6 +165,22 @@ def sdr_loss(x: torch.Tensor, y: torch.Tensor, scale_invariant: bool = False) ->
         return -(10 * torch.log10(num / den)).mean()
 
 
+def cosine_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of the mean-removed waveforms, mean over [B, C] signals.
+
+    Scale-invariant like SI-SDR, but where SI-SDR in dB has the gradient ~ 1 / <x, y>, which
+    explodes and takes the sign of the correlation for outputs that barely correlate with their
+    input (every output early in training: the least correlated example of a batch then sets
+    the direction), this one's gradient is bounded by 2 / ||y|| and always points towards +x.
+    """
+    with fp32(x.device):
+        xf = x.float() - x.float().mean(-1, keepdim=True)
+        yf = y.float() - y.float().mean(-1, keepdim=True)
+        dot = (xf * yf).sum(-1)
+        cos = dot / (xf.norm(dim=-1) * yf.norm(dim=-1) + 1e-8)
+        return (1 - cos).mean()
+
+
 def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:
     """Mean squared error of |X|^p e^(i angle X) at the codec's STFT (960 / 480), plus the same
     on the compressed magnitudes alone; compression lifts quiet bins, the complex term is phase.

@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .losses import (
     MultiScaleMelLoss,
     compressed_stft_loss,
+    cosine_loss,
     discriminator_hinge,
     feature_matching,
     generator_adversarial,
@@ -160,6 +161,8 @@ class StepRunner:
             losses["aux/wave"] = waveform_l1(x_ref, y)
         if lam["wave/sdr"] > 0:
             losses["wave/sdr"] = sdr_loss(x_ref, y, lc.sdr_scale_invariant)
+        if lam["wave/cos"] > 0:
+            losses["wave/cos"] = cosine_loss(x_ref, y)
         if lam["stft/compressed"] > 0:
             losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
         return losses
