@@ -135,6 +135,11 @@ def is_audio_file_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
+def find_audio(root: str | Path) -> list[Path]:
+    """Every audio file (by name) below the directory ``root``, sorted."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_audio_file_name(p))
+
+
 def to_channels_first(audio: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
     """``[T]`` -> ``[1, T]``; ``[C, T]`` unchanged; as contiguous ``dtype`` (float32).
 

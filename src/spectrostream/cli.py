@@ -349,13 +349,13 @@ def run_calibrate_int8(args: argparse.Namespace) -> int:
 
 def _audio_files(inputs: list[str]) -> list[str]:
     """Audio files named, or found below named directories (sorted); none is a UsageError."""
-    from .audio_io import is_audio_file_name
+    from .audio_io import find_audio
 
     found: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_audio_file_name(f))
+            found += sorted(str(f) for f in find_audio(p))
         elif p.is_file():
             found.append(item)
         else:

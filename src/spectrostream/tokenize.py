@@ -92,11 +92,7 @@ def list_audio(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise AudioError(f"{root}: not a directory")
-    names = sorted(
-        f.relative_to(root).as_posix()
-        for f in root.rglob("*")
-        if f.is_file() and audio_io.is_audio_file_name(f)
-    )
+    names = sorted(f.relative_to(root).as_posix() for f in audio_io.find_audio(root))
     if not names:
         raise AudioError(f"{root}: no audio files below this directory")
     return names

@@ -72,10 +72,6 @@ def probe(path: Path) -> TrackInfo:
     return TrackInfo(str(path), frames, info.sample_rate, info.channels)
 
 
-def find_audio(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and audio_io.is_audio_file_name(p))
-
-
 class Manifest:
     """Per-file metadata cache, keyed by absolute path, mtime and size."""
 
@@ -154,13 +150,13 @@ def build_split(
         if not root.is_dir():
             raise DataError(f"data folder not found: {root}")
         if (root / "train").is_dir() and (root / "valid").is_dir():
-            t, f1 = manifest.lookup(find_audio(root / "train"))
-            v, f2 = manifest.lookup(find_audio(root / "valid"))
+            t, f1 = manifest.lookup(audio_io.find_audio(root / "train"))
+            v, f2 = manifest.lookup(audio_io.find_audio(root / "valid"))
             train += t
             valid += v
             failures += f1 + f2
             continue
-        files = find_audio(root)
+        files = audio_io.find_audio(root)
         tracks, f = manifest.lookup(files)
         failures += f
         for t in tracks:
