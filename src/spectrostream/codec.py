@@ -68,6 +68,9 @@ def as_float_audio(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
+INT8_WITH_DTYPE = "int8 convolutions are not combined with a float dtype: use one"
+
+
 class Codec:
     """A SpectroStream model ready to code audio. ``parts`` names the halves it holds."""
 
@@ -131,7 +134,7 @@ class Codec:
         if dtype == self._dtype:
             return
         if self._int8:
-            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
+            raise UsageError(INT8_WITH_DTYPE)
         if self._dtype != torch.float32:
             raise ModelError(
                 f"the weights are already cast to {self._dtype}; their float32 values are gone, "
@@ -488,7 +491,7 @@ class Codec:
                 f"{self.model_id}: calibrate it (spectrostream calibrate-int8)"
             )
         if self._dtype != torch.float32:
-            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
+            raise UsageError(INT8_WITH_DTYPE)
         check_int8_support(self.device)
         if not self._int8:
             quantize_int8(self.model, calibration, bits)
@@ -624,7 +627,7 @@ def load(
     codec = Codec(model.to(dev), model_id=meta.get("model_id"), parts=parts)
     if int8 is not False:
         if dt != torch.float32:
-            raise UsageError("int8 convolutions are not combined with a float dtype: use one")
+            raise UsageError(INT8_WITH_DTYPE)
         check_int8_support(dev)
         where = int8_calibration_path(path) if int8 is True else Path(int8)
         return codec.quantize_int8(read_int8_calibration(where))
