@@ -93,6 +93,20 @@ def test_mel_distance_known_values() -> None:
     assert (filters.sum(axis=1) > 0).all()  # no empty filter
 
 
+def test_harmonic_corr_tells_partials_from_shaped_noise() -> None:
+    x = music_like(1.0)
+    assert metrics.harmonic_corr(x, x, SR) == pytest.approx(1.0, abs=1e-9)
+    assert metrics.harmonic_corr(x, 0.3 * x, SR) == pytest.approx(1.0, abs=1e-9)  # level-blind
+    # Noise (white, or through a smooth low-pass like music's envelope) has no partials; a
+    # mildly noisy copy keeps them.
+    lowpassed = np.stack([np.convolve(c, np.hanning(32), mode="same") for c in white(1.0, seed=5)])
+    assert abs(metrics.harmonic_corr(x, white(1.0, seed=6), SR)) < 0.1
+    assert abs(metrics.harmonic_corr(x, lowpassed, SR)) < 0.1
+    assert metrics.harmonic_corr(x, x + 0.05 * white(1.0, seed=7), SR) > 0.5
+    with pytest.raises(metrics.MetricError, match="too short"):
+        metrics.harmonic_corr(x[:, :1000], x[:, :1000], SR)
+
+
 def test_match_length_trims_and_pads() -> None:
     x = np.ones((2, 10))
     assert metrics.match_length(x, 7).shape == (2, 7)
@@ -288,6 +302,7 @@ def test_eval_writes_every_output(eval_run: Path) -> None:
                 "visqol_audio",
                 "mel_distance",
                 "si_sdr_db",
+                "harmonic_corr",
                 "ild_error_db",
                 "icc_error",
             }

@@ -102,6 +102,21 @@ def si_sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(np.mean(np.nan_to_num(values, nan=0.0)))
 
 
+def harmonic_corr(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """Harmonic fine-structure correlation, mean over channels
+    (``spectrostream.metrics.harmonic_correlation``, float64). Raises MetricError for clips
+    shorter than its 4096-sample window."""
+    import torch
+
+    from ..metrics import harmonic_correlation
+
+    ref, est = _pair(reference, estimate)
+    values = harmonic_correlation(torch.from_numpy(ref), torch.from_numpy(est), sample_rate)
+    if bool(torch.isnan(values).any()):
+        raise MetricError("the clip is too short for the harmonic correlation (4096 samples)")
+    return float(values.mean())
+
+
 # --------------------------------------------------------------------------------------------
 # STFT, mel
 

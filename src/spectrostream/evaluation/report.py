@@ -40,6 +40,12 @@ _METRICS = (
     ("mel_distance", "Mel distance (mean |log10 mel magnitude difference|)", 3, "lower is better"),
     ("si_sdr_db", "SI-SDR (dB)", 1, "higher is better; rewards waveform matching"),
     (
+        "harmonic_corr",
+        "Harmonic fine-structure correlation (log spectrum minus its envelope, 100 Hz-6 kHz)",
+        3,
+        "higher is better; 1 = the same partials, about 0 = shaped noise",
+    ),
+    (
         "ild_error_db",
         "Inter-channel level difference error (dB, 32 mel bands)",
         2,

@@ -216,6 +216,7 @@ METRIC_NAMES = (
     "visqol_audio",
     "mel_distance",
     "si_sdr_db",
+    "harmonic_corr",
     "ild_error_db",
     "icc_error",
 )
@@ -483,6 +484,7 @@ def score(
         visqol("visqol_audio", scorer.audio)
     attempt("mel_distance", lambda: metrics.mel_distance(reference, estimate, sample_rate))
     attempt("si_sdr_db", lambda: metrics.si_sdr_db(reference, estimate))
+    attempt("harmonic_corr", lambda: metrics.harmonic_corr(reference, estimate, sample_rate))
     if reference.shape[0] == 2:
         stereo: list[metrics.StereoErrors] = []
 

@@ -81,6 +81,9 @@ class LossConfig:
     sdr: negative SDR of the waveform (dB; ``sdr_scale_invariant`` for SI-SDR).
     cos: 1 - cosine similarity of the (mean-removed) waveforms: scale-invariant like SI-SDR,
         but its gradient is bounded and always points towards +x (docs/training.md).
+    logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
+        ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
+        mel distance's bands average away.
     cstft: squared error of the magnitude-compressed complex STFT at the codec's resolution
         (960 / 480), |X|^cstft_power e^(i angle X).
     balance: when true the weights of the losses on the decoded audio are shares of the
@@ -98,6 +101,8 @@ class LossConfig:
     sdr: float = 0.0
     sdr_scale_invariant: bool = False
     cos: float = 0.0
+    logmag: float = 0.0
+    logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
     cstft_power: float = 0.3
     balance: bool = False
@@ -118,6 +123,7 @@ class LossConfig:
             "wave/sdr": self.sdr,
             "wave/cos": self.cos,
             "stft/compressed": self.cstft,
+            "stft/logmag": self.logmag,
         }
 
 
@@ -224,6 +230,8 @@ class TrainConfig:
             raise TrainConfigError("discriminator.windows must be powers of two >= 16")
         if any(s < 16 or s & (s - 1) for s in self.loss.mel_scales):
             raise TrainConfigError("loss.mel_scales must be powers of two >= 16")
+        if not self.loss.logmag_scales or any(s < 16 for s in self.loss.logmag_scales):
+            raise TrainConfigError("loss.logmag_scales must be a non-empty list of sizes >= 16")
         r = self.run
         if min(r.log_every, r.val_every, r.ckpt_every, r.keep_checkpoints) < 1:
             raise TrainConfigError("run: log_every, val_every, ckpt_every, keep_checkpoints >= 1")

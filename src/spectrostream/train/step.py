@@ -22,6 +22,7 @@ from . import checkpoint as ckpt
 from .balance import output_gradient
 from .config import TrainConfig
 from .losses import (
+    LogMagnitudeLoss,
     MultiScaleMelLoss,
     compressed_stft_loss,
     cosine_loss,
@@ -55,6 +56,7 @@ class StepRunner:
         self.cfg, self.nets, self.device = cfg, nets, device
         self.lambdas = cfg.loss.lambdas()
         self.mel = MultiScaleMelLoss(cfg.loss.mel_scales, cfg.loss.mel_bins).to(device)
+        self.logmag = LogMagnitudeLoss(cfg.loss.logmag_scales).to(device)
         self.reset_stats()
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.last_counts: torch.Tensor | None = None
@@ -165,6 +167,8 @@ class StepRunner:
             losses["wave/cos"] = cosine_loss(x_ref, y)
         if lam["stft/compressed"] > 0:
             losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
+        if lam["stft/logmag"] > 0:
+            losses["stft/logmag"] = self.logmag(x_ref, y)
         return losses
 
     def read_stats(self) -> dict[str, float]:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
+from ..metrics import harmonic_correlation
 from ..model import SpectroStream
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
@@ -114,8 +115,10 @@ def _score_batch(
         for i in range(x.shape[0]):
             m = mel(ref[i : i + 1], y[i : i + 1]).item()
             s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
+            h = harmonic_correlation(ref[i].float(), y[i].float()).mean().item()
             sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
             sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
+            sums[f"val/harmonic_{name}"] = sums.get(f"val/harmonic_{name}", 0.0) + h
             j = first + i
             if j < cfg.run.val_audio_examples:
                 examples.setdefault(f"{j}/reference", ref[i].float().cpu())
@@ -149,7 +152,8 @@ def format_validation(step: int, v: dict[str, float]) -> str:
     for name in ("bypass", *(f"{k}kbps" for k in VALID_KBPS)):
         if f"val/si_sdr_{name}" in v:
             parts.append(
-                f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f};"
+                f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f} "
+                f"harmonic {v.get(f'val/harmonic_{name}', float('nan')):.3f};"
             )
     parts.append(f"PCA top-4 {v.get('val/pca_top4_share', float('nan')):.3f};")
     parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change;")
