@@ -11,7 +11,8 @@ every variant sees the same machine load:
     ``--baseline-rev`` ("baseline", imported from git as a separate package), and the ONNX
     Runtime step graphs (``spectrostream export-onnx``) with the same PyTorch STFT, RVQ and
     iSTFT around them ("onnxruntime"). Steps rotate through the variants. Optional:
-    ``--compiled`` (``compiled=True`` streams, inductor step graphs), ``--fp32-search`` (the
+    ``--compiled`` (``compiled=True`` streams, inductor step graphs; with ``--int8`` also the
+    int8 model compiled), ``--fp32-search`` (the
     float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
     block j + 1 and decoder step of block j in two threads of one intra-op thread each, also
     with compiled steps if ``--compiled``), ``--tower-split`` (the two audio channels' tower
@@ -251,6 +252,15 @@ class Int8(Now):
         super().__init__(q)
 
 
+class Int8Compiled(Int8):
+    """The int8 model with compiled steps (inductor fuses the input quantization)."""
+
+    compiled = True
+
+    def __init__(self, model: SpectroStream) -> None:
+        super().__init__(model, name="int8, compiled")
+
+
 def import_baseline(rev: str) -> tuple[object, object]:
     """The package at git revision ``rev`` as ``spectrostream_baseline`` (a temp copy):
     (its model module, its config module)."""
@@ -413,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
     int8 += [Int8(model, c, f"int8:{c.name}") for c in args.int8_calibration or []]
+    int8 += [Int8Compiled(model)] if args.int8 and args.compiled else []
     one_thread = args.threads > 1 and (args.overlap or args.tower_split)
     extra = args.compiled + args.fp32_search + args.tower_split
     extra += (1 + args.compiled) * args.overlap + one_thread

@@ -2,6 +2,7 @@
 shipped model's int8 round trip stays close to float32 on real music (judged by SNR, not
 parity), the calibration file round-trips, and every unsupported case is a one-line error."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,21 @@ def test_seven_bit_inputs_never_exceed_127():
     with torch.inference_mode():
         got8 = Int8Conv2d(conv, (-1.0, 3.0), bits=8)(inside)
     assert snr_db(ref, got8) > snr_db(ref, got)  # twice the resolution
+
+
+def test_input_quantization_gives_quantize_per_tensor_values():
+    """The plain-op quantization (traceable by torch.compile) equals the deprecated
+    torch.quantize_per_tensor on the same scale and zero point (exact ties aside)."""
+    torch.manual_seed(2)
+    conv = Conv2d(8, 4, 3, padding=(0, 1)).eval()
+    x = torch.randn(4, 8, 16, 64) * 3  # beyond the ranges too: saturated
+    for bits, in_range in ((8, (-1.0, 3.0)), (8, (-5.0, 0.5)), (7, (-2.0, 2.0))):
+        q = Int8Conv2d(conv, in_range, bits=bits)
+        inside = x.clamp(q.lo, q.hi) if bits == 7 else x
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = torch.quantize_per_tensor(inside, q.scale, q.zero, torch.quint8).int_repr()
+        assert torch.equal(q.quantize_input(x), ref)
 
 
 def test_unsupported_is_a_clear_error(monkeypatch):

@@ -21,11 +21,8 @@ file (:class:`Int8Calibration`) keyed by the model id, which ``load(int8=True)``
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +39,6 @@ CALIBRATION_VERSION = 1
 ALWAYS_FP32 = ("encoder.base_conv_first", "decoder.output_layer.base_conv_last")
 # Inputs observed per layer and call for the range search (a strided subsample).
 _SAMPLE_PER_CALL = 1 << 16
-# torch.quantize_per_tensor is deprecated upstream (quantized tensor dtypes); only the uint8
-# values are used here (int_repr), so that one warning is silenced, nothing else.
-_DEPRECATION = re.escape("torch.quantize_per_tensor, torch.quantize_per_channel") + ".*deprecated"
 
 
 # ---- what this machine can do -------------------------------------------------------------
@@ -93,13 +87,6 @@ def check_int8_support(device: torch.device | str = "cpu") -> None:
             f"int8 needs oneDNN's quantized convolutions (torch.ops.onednn.qconv_pointwise), "
             f"which this torch build ({torch.__version__}) lacks"
         )
-    if not hasattr(torch, "quantize_per_tensor"):
-        raise ModelError(f"int8 needs torch.quantize_per_tensor, gone in torch {torch.__version__}")
-
-
-@functools.cache
-def _silence_deprecation() -> None:
-    warnings.filterwarnings("ignore", message=_DEPRECATION, category=UserWarning)
 
 
 # ---- the int8 layer -----------------------------------------------------------------------
@@ -121,7 +108,6 @@ class Int8Conv2d(nn.Module):
         super().__init__()
         if conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError("int8: only plain convolutions (groups 1, zero padding)")
-        _silence_deprecation()
         self.qmax = (1 << bits) - 1
         self.lo, self.hi = float(min(in_range[0], 0.0)), float(max(in_range[1], 0.0))
         self.scale, self.zero = _affine(self.lo, self.hi, self.qmax)
@@ -140,10 +126,13 @@ class Int8Conv2d(nn.Module):
         )
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 [B, C, T, F] -> uint8 (values 0..qmax)."""
+        """float32 [B, C, T, F] -> uint8 (values 0..qmax): round(x / scale) + zero, saturated,
+        the values ``torch.quantize_per_tensor`` gives (deprecated upstream), in plain ops that
+        ``torch.compile`` traces and fuses into the layer before (compiled int8 steps)."""
         if self.qmax != 255:
             x = x.clamp(self.lo, self.hi)
-        return torch.quantize_per_tensor(x, self.scale, self.zero, torch.quint8).int_repr()
+        q = torch.round(x * (1.0 / self.scale)) + self.zero
+        return q.clamp(0, 255).to(torch.uint8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._op(
