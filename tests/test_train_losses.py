@@ -12,8 +12,11 @@ from spectrostream.train.discriminators import (
     STFTDiscriminator,
 )
 from spectrostream.train.losses import (
+    LogMagnitudeLoss,
     MelSpectrogram,
     MultiScaleMelLoss,
+    band_cosine_loss,
+    cosine_loss,
     discriminator_hinge,
     feature_matching,
     generator_adversarial,
@@ -106,6 +109,34 @@ def test_si_sdr_known_ratio_and_scale_invariance():
     n = n * (s.norm() / n.norm()) * 0.1  # 20 dB below
     assert si_sdr(s, s + n).item() == pytest.approx(20.0, abs=0.01)
     assert si_sdr(s, 3.0 * (s + n)).item() == pytest.approx(20.0, abs=0.01)
+
+
+def test_log_magnitude_loss_is_the_mean_log_ratio():
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(2, 2, 16384)
+    loss = LogMagnitudeLoss((256, 1024))
+    assert loss(x, x).item() == 0.0
+    assert loss(x, 2 * x).item() == pytest.approx(math.log(2), rel=1e-4)  # floor not reached
+    assert loss(x, -x).item() == pytest.approx(0.0, abs=1e-6)  # magnitudes only
+
+
+def test_band_cosine_weights_octave_bands_equally():
+    torch.manual_seed(1)
+    x = 0.1 * torch.randn(2, 2, 48000)
+    assert band_cosine_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert band_cosine_loss(x, -x).item() == pytest.approx(2.0, abs=1e-6)
+    assert band_cosine_loss(x, 5 * x).item() == pytest.approx(0.0, abs=1e-6)  # scale-invariant
+    # Right below 125 Hz only (inside the first of 7 bands, clear of the window's leakage into
+    # the next), independent noise above: about 6/7, where the waveform cosine of bass-heavy
+    # audio calls it nearly right.
+    spec = torch.fft.rfft(x)
+    low = torch.fft.irfft(spec * (torch.arange(spec.shape[-1]) < 125), 48000)
+    bass = 100 * low + (x - low)  # most of the energy below 125 Hz
+    noise = torch.randn_like(x) * 0.1
+    nspec = torch.fft.rfft(noise)
+    y = 100 * low + torch.fft.irfft(nspec * (torch.arange(nspec.shape[-1]) >= 125), 48000)
+    assert band_cosine_loss(bass, y).item() == pytest.approx(6 / 7, abs=0.05)
+    assert cosine_loss(bass, y).item() < 0.05
 
 
 def test_stft_l1_zero_on_identity():

@@ -81,6 +81,8 @@ class LossConfig:
     sdr: negative SDR of the waveform (dB; ``sdr_scale_invariant`` for SI-SDR).
     cos: 1 - cosine similarity of the (mean-removed) waveforms: scale-invariant like SI-SDR,
         but its gradient is bounded and always points towards +x (docs/training.md).
+    bandcos: 1 - cosine similarity of the complex codec STFTs per octave band, bands weighted
+        equally (the waveform cosine without the bass deciding it).
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
@@ -101,6 +103,7 @@ class LossConfig:
     sdr: float = 0.0
     sdr_scale_invariant: bool = False
     cos: float = 0.0
+    bandcos: float = 0.0
     logmag: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
@@ -124,6 +127,7 @@ class LossConfig:
             "wave/cos": self.cos,
             "stft/compressed": self.cstft,
             "stft/logmag": self.logmag,
+            "stft/bandcos": self.bandcos,
         }
 
 

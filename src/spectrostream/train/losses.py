@@ -11,6 +11,7 @@ Reductions:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HOP_SAMPLES, N_FFT
+from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
 from ..metrics import mel_filterbank
 from ..metrics import si_sdr as _si_sdr
 
@@ -207,6 +208,34 @@ class LogMagnitudeLoss(nn.Module):
             xf, yf = x.float().flatten(0, 1), y.float().flatten(0, 1)
             terms = [(self._logmag(xf, s) - self._logmag(yf, s)).abs().mean() for s in self.scales]
             return torch.stack(terms).mean()
+
+
+BAND_EDGES_HZ = (0, 250, 500, 1000, 2000, 4000, 8000, 24000)
+
+
+def band_cosine_loss(
+    x: torch.Tensor, y: torch.Tensor, edges_hz: Sequence[float] = BAND_EDGES_HZ
+) -> torch.Tensor:
+    """1 - cosine similarity of the complex codec STFTs (960 / 480) band by band (octaves),
+    averaged over bands with equal weight: the waveform cosine of ``cosine_loss`` per band, so
+    the bass, which holds most of music's energy, does not decide it alone. Bands where the
+    reference is silent (below 1e-4 of its loudest band) are left out."""
+    with fp32(x.device):
+        zx, zy = codec_stft(x), codec_stft(y)  # [N, 481, frames]
+        hz_per_bin = SAMPLE_RATE / N_FFT
+        terms, weights = [], []
+        for lo, hi in itertools.pairwise(edges_hz):
+            a, b = round(lo / hz_per_bin), round(hi / hz_per_bin) + (hi == edges_hz[-1])
+            bx, by = zx[:, a:b], zy[:, a:b]
+            dot = (bx * by.conj()).real.sum((1, 2))
+            nx = bx.abs().square().sum((1, 2))
+            ny = by.abs().square().sum((1, 2))
+            terms.append(1 - dot / (torch.sqrt(nx * ny) + 1e-8))
+            weights.append(nx)
+        e = torch.stack(weights)  # [bands, N]
+        active = (e > 1e-4 * e.amax(0, keepdim=True)).float()
+        per_signal = (torch.stack(terms) * active).sum(0) / active.sum(0).clamp_min(1)
+        return per_signal.mean()
 
 
 def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:

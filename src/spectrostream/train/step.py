@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .losses import (
     LogMagnitudeLoss,
     MultiScaleMelLoss,
+    band_cosine_loss,
     compressed_stft_loss,
     cosine_loss,
     discriminator_hinge,
@@ -167,6 +168,8 @@ class StepRunner:
             losses["wave/cos"] = cosine_loss(x_ref, y)
         if lam["stft/compressed"] > 0:
             losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
+        if lam["stft/bandcos"] > 0:
+            losses["stft/bandcos"] = band_cosine_loss(x_ref, y)
         if lam["stft/logmag"] > 0:
             losses["stft/logmag"] = self.logmag(x_ref, y)
         return losses
