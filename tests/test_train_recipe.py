@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from spectrostream.train.balance import output_gradient
-from spectrostream.train.config import TrainConfig
+from spectrostream.train.config import OptimConfig, TrainConfig, TrainConfigError
 from spectrostream.train.data import augment
 from spectrostream.train.init import calibration_signal
 from spectrostream.train.loop import DistInfo, StepRunner, build_nets
 from spectrostream.train.losses import cosine_loss, sdr_loss, si_sdr
 from spectrostream.train.rvq import QuantizerTrainer
 from spectrostream.train.stages import needs_fit, stage
+from spectrostream.train.step import lr_scale
 from spectrostream.train.validation import pca_share
 
 
@@ -192,3 +193,14 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
         assert loss.balance and loss.cos > 0 and loss.mel > 0, name
         assert loss.sdr == 0 and loss.cstft == 0, name
         assert parsed[name].quantizer.kmeans_frames > 0, name
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine():
+    o = OptimConfig(warmup_steps=10, decay_start=100, decay_steps=100, decay_final=0.1)
+    assert lr_scale(o, 0) == pytest.approx(0.1)
+    assert lr_scale(o, 9) == lr_scale(o, 100) == 1.0
+    assert lr_scale(o, 150) == pytest.approx(0.55)
+    assert lr_scale(o, 200) == lr_scale(o, 10_000) == pytest.approx(0.1)
+    assert lr_scale(OptimConfig(), 10_000) == 1.0  # no decay unless asked for
+    with pytest.raises(TrainConfigError, match="decay"):
+        TrainConfig.from_dict({"optim": {"decay_final": 0.0}})

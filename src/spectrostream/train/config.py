@@ -67,6 +67,11 @@ class OptimConfig:
     grad_clip: float = 1000.0
     warmup_steps: int = 0
     max_steps: int = 2_000_000
+    # Cosine decay of the learning rate from ``lr`` at step decay_start to lr * decay_final at
+    # decay_start + decay_steps (then constant); decay_steps = 0: no decay.
+    decay_start: int = 0
+    decay_steps: int = 0
+    decay_final: float = 0.1
     # Betas used by both optimizers once the adversarial losses are on (step >= adv_start_step);
     # before that ``betas`` (regression settings such as (0.9, 0.99) suit the phase better).
     gan_betas: tuple[float, float] = (0.5, 0.9)
@@ -222,6 +227,8 @@ class TrainConfig:
             raise TrainConfigError("data.num_workers and data.silence_retries must be >= 0")
         if o.lr <= 0 or len(o.betas) != 2 or o.max_steps < 1 or o.grad_clip <= 0:
             raise TrainConfigError("optim: lr > 0, two betas, max_steps >= 1, grad_clip > 0")
+        if o.decay_start < 0 or o.decay_steps < 0 or not 0 < o.decay_final <= 1:
+            raise TrainConfigError("optim: decay_start, decay_steps >= 0, 0 < decay_final <= 1")
         if not 0.0 < q.ema_decay < 1.0:
             raise TrainConfigError("quantizer.ema_decay must be in (0, 1)")
         if not 0.0 <= q.bypass_rate <= 1.0:

@@ -12,6 +12,7 @@ the device and are read every ``log_every`` steps and before each checkpoint.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from ..errors import DivergedError
 from . import checkpoint as ckpt
 from .balance import output_gradient
-from .config import TrainConfig
+from .config import OptimConfig, TrainConfig
 from .losses import (
     LogMagnitudeLoss,
     MultiScaleMelLoss,
@@ -72,7 +73,7 @@ class StepRunner:
 
     def set_lr(self, step: int) -> None:
         o = self.cfg.optim
-        scale = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+        scale = lr_scale(o, step)
         betas = o.gan_betas if self._adversarial(step) else o.betas
         for opt in (self.nets.opt_g, self.nets.opt_d):
             for g in opt.param_groups:
@@ -196,3 +197,12 @@ class StepRunner:
                 f"non-finite loss (NaN/Inf) detected by step {step}; stopping. "
                 + ckpt.describe_latest(run_dir)
             )
+
+
+def lr_scale(o: OptimConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then the optional cosine decay to decay_final."""
+    scale = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    if o.decay_steps > 0 and step > o.decay_start:
+        t = min(1.0, (step - o.decay_start) / o.decay_steps)
+        scale *= o.decay_final + (1 - o.decay_final) * 0.5 * (1 + math.cos(math.pi * t))
+    return scale
