@@ -92,31 +92,34 @@ def harmonic_correlation(
     lead = r.shape[:-1]
     if r.shape[-1] < n_fft:
         return torch.full(lead, float("nan"), dtype=dtype)
-    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=r.device)
-
-    def fine(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        spec = torch.stft(
-            a.reshape(-1, a.shape[-1]),
-            n_fft,
-            n_fft // 4,
-            window=window,
-            center=False,
-            return_complex=True,
-        )
-        lo = int(band_hz[0] * n_fft / sample_rate)
-        hi = int(band_hz[1] * n_fft / sample_rate) + 1
-        power = spec.abs().square()[:, lo:hi]  # [N, F, frames]
-        logmag = 0.5 * torch.log(power + 1e-12)
-        frames_first = logmag.transpose(1, 2).reshape(-1, 1, hi - lo)
-        pad = smooth_bins // 2
-        padded = F.pad(frames_first, (pad, pad), mode="replicate")
-        envelope = F.avg_pool1d(padded, smooth_bins, stride=1)
-        detail = (frames_first - envelope).reshape(logmag.shape[0], logmag.shape[2], hi - lo)
-        return detail - detail.mean(-1, keepdim=True), power.sum(1)
-
-    fr, energy = fine(r)
-    fe, _ = fine(e)
+    bins = (int(band_hz[0] * n_fft / sample_rate), int(band_hz[1] * n_fft / sample_rate) + 1)
+    fr, energy = _fine_structure(r, n_fft, bins, smooth_bins)
+    fe, _ = _fine_structure(e, n_fft, bins, smooth_bins)
     num = (fr * fe).sum(-1)
     den = torch.sqrt(fr.square().sum(-1) * fe.square().sum(-1)).clamp_min(1e-20)
     corr = (num / den * energy).sum(-1) / energy.sum(-1).clamp_min(1e-30)
     return corr.reshape(lead)
+
+
+def _fine_structure(
+    a: torch.Tensor, n_fft: int, bins: tuple[int, int], smooth_bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., T] -> (log magnitude minus its moving average over frequency, mean-removed per
+    frame, [N, frames, bins]; energy per frame in the bins, [N, frames])."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=a.dtype, device=a.device)
+    spec = torch.stft(
+        a.reshape(-1, a.shape[-1]),
+        n_fft,
+        n_fft // 4,
+        window=window,
+        center=False,
+        return_complex=True,
+    )
+    lo, hi = bins
+    power = spec.abs().square()[:, lo:hi]  # [N, F, frames]
+    frames_first = (0.5 * torch.log(power + 1e-12)).transpose(1, 2)  # [N, frames, F]
+    flat = frames_first.reshape(-1, 1, hi - lo)
+    pad = smooth_bins // 2
+    envelope = F.avg_pool1d(F.pad(flat, (pad, pad), mode="replicate"), smooth_bins, stride=1)
+    detail = frames_first - envelope.reshape(frames_first.shape)
+    return detail - detail.mean(-1, keepdim=True), power.sum(1)
