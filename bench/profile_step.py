@@ -1,6 +1,6 @@
 """Where the time of one 40 ms streaming step goes (encoder push + decoder push), by operator.
 
-    python bench/profile_step.py --config official --threads 1 --steps 6 [--compiled]
+    python bench/profile_step.py --config official --threads 1 --steps 6 [--compiled] [--int8]
 Prints the wall time of each stage (STFT, networks, RVQ search/decode, iSTFT), then, under the
 profiler, a breakdown by category (convolutions, transposed convolutions, RVQ search, buffer
 copies, ELU, the rest) in ms per step, and the slowest operator/shape pairs. The exact RVQ
@@ -19,12 +19,17 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from spectrostream import layers, load
+from spectrostream.codec import int8_calibration_path, read_int8_calibration
 from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
+from spectrostream.int8 import quantize_int8
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
 from spectrostream.step import compiled_step
 from spectrostream.streaming import streaming
+from spectrostream.weights import MODELS_DIR
 
+DEFAULT_MODEL_PATH = MODELS_DIR / "default.safetensors"
 CATEGORIES = (
+    ("int8 conv", ("qconv",)),
     ("conv2d", ("convolution_pointwise", "mkldnn_convolution", "slow_conv2d", "thnn_conv2d")),
     ("conv_transpose2d", ("convolution_transpose", "slow_conv_transpose2d", "_convolution")),
     ("RVQ search (mm/argmin)", ("aten::mm", "aten::argmin")),
@@ -92,6 +97,11 @@ def main() -> int:
         action="store_true",
         help="compiled steps (StreamingEncoder(..., compiled=True))",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 convolutions with the shipped model's calibration (as bench/speed.py --int8)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     layers.PREPACK_CPU = not args.no_prepack
@@ -103,6 +113,8 @@ def main() -> int:
     else:
         model = SpectroStream(official_config() if args.config == "official" else small_config())
     model.eval()
+    if args.int8:
+        quantize_int8(model, read_int8_calibration(int8_calibration_path(DEFAULT_MODEL_PATH)))
     cfg = model.config
     n = SAMPLES_PER_CODE
     audio = 0.1 * torch.randn(1, cfg.audio_channels, (args.steps + 5) * n)
