@@ -33,10 +33,10 @@ warmup_steps = 2
 max_steps = 8
 calibrate_init = true
 
-[loss]
+[loss]  # configs/gpu_round.toml's losses
 balance = true
-cos = 0.3
-mel = 0.7
+bandcos = 0.25
+mel = 0.75
 adv_gen = 0.0
 adv_feat = 0.0
 

@@ -40,7 +40,7 @@ def test_gpu_round_smoke(tmp_path):
         assert key in summary["validation"], key
     assert set(summary["loss_shares"]) == {
         "share/mel/loss",
-        "share/wave/cos",
+        "share/stft/bandcos",
     }
     log = (out / "train.log").read_text()
     assert "k-means:" in log and "validation step 8" in log
