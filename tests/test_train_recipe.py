@@ -186,6 +186,11 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     # --init needs the same network: the GPU round continues whatever the CPU recipe made.
     net = parsed["cpu_default"].model_config()
     assert parsed["gpu_round"].model_config() == net == parsed["cpu_default_v0"].model_config()
+    # The stages that made the shipped default (docs/model-card.md) parse and build its network.
+    stages = sorted((configs / "default_v1").glob("stage*.toml"))
+    assert len(stages) == 4
+    for p in stages:
+        assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):
         loss = parsed[name].loss
         # Mel for the envelope plus the bounded per-band phase term (negative SI-SDR and the
