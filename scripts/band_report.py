@@ -23,21 +23,17 @@ import numpy as np
 import torch
 
 from spectrostream import audio_io, load
-from spectrostream.config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
+from spectrostream.config import N_FFT, SAMPLE_RATE
 from spectrostream.metrics import harmonic_correlation
+from spectrostream.train.losses import codec_stft
 
 EDGES_HZ = (0, 250, 500, 1000, 2000, 4000, 8000, 16000)
 CLIPS = "guitar,contrabassoon,harpsichord,moonlight,sopr,vibe_ace"
 
 
-def codec_stft(a: torch.Tensor) -> torch.Tensor:
-    window = torch.hann_window(N_FFT)
-    return torch.stft(a, N_FFT, HOP_SAMPLES, window=window, center=False, return_complex=True)
-
-
 def band_rows(x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float, float]]:
     """(level dB, phase cos, IF cos) per band of EDGES_HZ."""
-    zx, zy = codec_stft(x), codec_stft(y)
+    zx, zy = codec_stft(x[None]), codec_stft(y[None])  # [C, 481, frames]
     hz = SAMPLE_RATE / N_FFT
     rows = []
     for lo, hi in itertools.pairwise(EDGES_HZ):

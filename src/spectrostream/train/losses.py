@@ -1,4 +1,5 @@
-"""Training losses: multi-scale mel distance, linear log-magnitude STFT, hinge GAN, feature matching, auxiliary L1s, SI-SDR.
+"""Training losses: multi-scale mel distance, linear log-magnitude STFT, waveform and band
+cosines, hinge GAN, feature matching, auxiliary L1s, SI-SDR.
 
 Every function here computes in float32 with autocast disabled, whatever the caller runs under.
 Reductions:

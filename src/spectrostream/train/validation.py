@@ -108,14 +108,16 @@ def _score_batch(
     sums: dict[str, float],
     examples: dict[str, Any],
 ) -> None:
-    """Per-item mel distance and SI-SDR of every variant into ``sums``; the first
+    """Per-item mel distance, SI-SDR and harmonic correlation of every variant into ``sums``;
+    the first
     ``val_audio_examples`` items' audio into ``examples``."""
     for name, y in decoded.items():
         ref = x[..., : y.shape[-1]]
+        harmonic = harmonic_correlation(ref.float(), y.float()).mean(-1).tolist()  # per item
         for i in range(x.shape[0]):
             m = mel(ref[i : i + 1], y[i : i + 1]).item()
             s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
-            h = harmonic_correlation(ref[i].float(), y[i].float()).mean().item()
+            h = harmonic[i]
             sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
             sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
             sums[f"val/harmonic_{name}"] = sums.get(f"val/harmonic_{name}", 0.0) + h
