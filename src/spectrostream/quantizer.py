@@ -36,23 +36,49 @@ EXACT_CPU_SEARCH = True
 
 @dataclass
 class SearchTables:
-    """Per-level views for the search: codebooks transposed [D, K] (contiguous, float32),
-    ||c||^2 [K], codebook rows [K, D] in float32 and as stored (for decoding); on the CPU also
-    ``exact``: the same float32 memory as numpy arrays, and max_k ||c_k|| per level."""
+    """Per-level views for the search: ||c||^2 [K], codebook rows [K, D] in float32 and as
+    stored (for decoding), codebooks transposed [D, K] (contiguous, float32; made on first use:
+    the CPU search does not need them); on the CPU also ``exact`` (ExactTables)."""
 
-    transposed: list[torch.Tensor]
     norms: list[torch.Tensor]
     rows: list[torch.Tensor]
     stored: list[torch.Tensor]
     exact: ExactTables | None = None
+    _transposed: list[torch.Tensor] | None = None
+
+    def transposed(self) -> list[torch.Tensor]:
+        if self._transposed is None:
+            self._transposed = [r.t().contiguous() for r in self.rows]
+        return self._transposed
 
 
 @dataclass
 class ExactTables:
-    transposed: list[np.ndarray]  # [D, K] float32
-    norms: list[np.ndarray]  # [K] float32
-    rows: list[np.ndarray]  # [K, D] float32
+    """The exact CPU search's tables. ``scores`` [D+1, K] float32 per level: -c_k as columns
+    over ||c_k||^2 (the norms above), so [x, 1] @ scores = ||c||^2 - x . c in one product;
+    ``rows`` [K, D] float32 (the rows above, as numpy); max_k ||c_k|| per level; ``bound``:
+    |score - exact| <= bound (C^2 + ||x|| C) for every codeword, ``rounding_bound(D + 1)``: a
+    float32 sum of D + 1 terms (gamma_{D+1}) over a float32 norm (gamma_D), within it."""
+
+    scores: list[np.ndarray]
+    rows: list[np.ndarray]
     max_norm: list[float]
+    bound: float
+
+    @classmethod
+    def build(cls, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> ExactTables:
+        scores = []
+        for r, n in zip(rows, norms, strict=True):
+            s = np.empty((r.shape[1] + 1, r.shape[0]), np.float32)
+            np.negative(r.numpy().T, out=s[:-1])
+            s[-1] = n.numpy()
+            scores.append(s)
+        return cls(
+            scores=scores,
+            rows=[r.numpy() for r in rows],
+            max_norm=[math.sqrt(float(n.double().max())) for n in norms],
+            bound=rounding_bound(rows[0].shape[1] + 1) if rows else 0.0,
+        )
 
 
 def rounding_bound(dim: int) -> float:
@@ -81,7 +107,7 @@ class ResidualVQ(nn.Module):
             "codebooks", torch.randn(num_levels, codebook_size, dim) * scale[:, None, None]
         )
         self._tables_key: tuple = ()
-        self._tables = SearchTables([], [], [], [])
+        self._tables = SearchTables([], [], [])
 
     def search_tables(self) -> SearchTables:
         """Per-level tables for :func:`nearest_code` and the gathers, cached until the codebooks
@@ -94,18 +120,12 @@ class ResidualVQ(nn.Module):
             with torch.no_grad():
                 cbf = cbs.float()
                 tab = SearchTables(
-                    transposed=list(cbf.transpose(1, 2).contiguous().unbind(0)),
                     norms=[(cb * cb).sum(1) for cb in cbf],
                     rows=list(cbf.contiguous().unbind(0)),
                     stored=list(cbs.detach().unbind(0)),
                 )
                 if cbs.device.type == "cpu":
-                    tab.exact = ExactTables(
-                        transposed=[t.numpy() for t in tab.transposed],
-                        norms=[n.numpy() for n in tab.norms],
-                        rows=[r.numpy() for r in tab.rows],
-                        max_norm=[math.sqrt(float(n.double().max())) for n in tab.norms],
-                    )
+                    tab.exact = ExactTables.build(tab.rows, tab.norms)
                 self._tables = tab
             self._tables_key = key
         return self._tables
@@ -148,7 +168,7 @@ class ResidualVQ(nn.Module):
         total = torch.zeros_like(twice) if dequantize else None
         codes = []
         for level in range(n):
-            idx = nearest_code(twice, tab.transposed[level], tab.norms[level], doubled=True)
+            idx = nearest_code(twice, tab.transposed()[level], tab.norms[level], doubled=True)
             chosen = torch.index_select(tab.rows[level], 0, idx)
             twice = torch.sub(twice, chosen, alpha=2)
             if total is not None:
@@ -190,30 +210,67 @@ def exact_search(
     """Greedy residual search, exact per level (module docstring). twice [M, D] float32 =
     2 x the embeddings -> (codes [M, levels] int64, sum of the chosen codewords [M, D] or None).
 
-    numpy rather than torch: a 40 ms step is 64 sequential [1, D] x [D, K] products that read
-    64 MB of codebooks (memory-bound); numpy's BLAS streamed them faster here, and its per-call
-    cost is lower (docs/benchmarks.md).
+    numpy rather than torch: a 40 ms step is 64 sequential [1, D+1] x [D+1, K] products that
+    read 64 MB of codebooks (memory-bound); numpy's BLAS streamed them faster here, and its
+    per-call cost is lower (docs/benchmarks.md). One frame (a stream step) takes a path with
+    fewer calls per level; both give the same codes (the float64-nearest).
     """
     m, d = twice.shape
-    beta = rounding_bound(d)
+    aug = np.ones((m, d + 1), np.float32)  # [2 x residual, 1]: one product gives the ranking
+    aug[:, :d] = twice
+    if m == 1:
+        return _search_frame(aug[0], tab, levels, dequantize)
     codes = np.empty((m, levels), np.int64)
     total = np.zeros((m, d), np.float32) if dequantize else None
-    frames = np.arange(m)
+    frames, x = np.arange(m), aug[:, :d]
     for level in range(levels):
-        approx = tab.norms[level] - twice @ tab.transposed[level]  # [M, K] float32
+        approx = aug @ tab.scores[level]  # [M, K] float32
         best = approx.argmin(1)
-        c = tab.max_norm[level]
-        x_norm = np.sqrt(np.einsum("md,md->m", twice, twice, dtype=np.float64))
-        limit = approx[frames, best] + 2.0 * beta * (c * c + x_norm * c)  # float64
+        x_norm = np.sqrt(np.einsum("md,md->m", x, x, dtype=np.float64))
+        limit = approx[frames, best] + _window(tab, level, x_norm)
         close = approx <= limit[:, None].astype(np.float32)
         for j in np.flatnonzero(np.count_nonzero(close, 1) > 1):
-            best[j] = _rerank(twice[j], tab.rows[level], np.flatnonzero(close[j]))
+            best[j] = _rerank(x[j], tab.rows[level], np.flatnonzero(close[j]))
         codes[:, level] = best
         chosen = tab.rows[level][best]
-        twice = twice - 2.0 * chosen  # exact doubling, one rounding: as the torch search
+        x -= 2.0 * chosen  # exact doubling, one rounding: as the torch search
         if total is not None:
             total += chosen
     return codes, total
+
+
+def _search_frame(
+    aug: np.ndarray, tab: ExactTables, levels: int, dequantize: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """exact_search for one frame, aug [D+1] = [2 x embedding, 1]: scalar bookkeeping in
+    Python floats, the residual updated in place (the same float32 operations)."""
+    d = aug.shape[0] - 1
+    x = aug[:d]
+    codes = np.empty((1, levels), np.int64)
+    total = np.zeros((1, d), np.float32) if dequantize else None
+    for level in range(levels):
+        approx = aug @ tab.scores[level]  # [K] float32
+        best = int(approx.argmin())
+        # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
+        limit = float(approx[best]) + _window(tab, level, math.sqrt(float(x @ x)))
+        close = np.flatnonzero(approx <= np.float32(limit))
+        if close.size > 1:
+            best = _rerank(x, tab.rows[level], close)
+        codes[0, level] = best
+        chosen = tab.rows[level][best]
+        x -= 2.0 * chosen
+        if total is not None:
+            total += chosen
+    return codes, total
+
+
+def _window(tab: ExactTables, level: int, x_norm):
+    """How far above the best float32 score the float64-nearest codeword can lie: twice the
+    scores' error bound (``ExactTables.bound`` times C^2 + ||x|| C), for the two scores
+    compared, doubled again as a margin for rounding the limit to float32 and for a float32
+    ||x||."""
+    c = tab.max_norm[level]
+    return 4.0 * tab.bound * (c * c + x_norm * c)
 
 
 def _rerank(twice: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> int:
