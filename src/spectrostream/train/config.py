@@ -88,6 +88,9 @@ class LossConfig:
         but its gradient is bounded and always points towards +x (docs/training.md).
     bandcos: 1 - cosine similarity of the complex codec STFTs per octave band, bands weighted
         equally (the waveform cosine without the bass deciding it).
+    stationary: squared distance of the time-averaged complex codec STFTs (each bin's
+        frame-constant component, which plays as a fixed comb of tones), relative to the
+        reference's frame energy.
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
@@ -109,6 +112,7 @@ class LossConfig:
     sdr_scale_invariant: bool = False
     cos: float = 0.0
     bandcos: float = 0.0
+    stationary: float = 0.0
     logmag: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
@@ -133,6 +137,7 @@ class LossConfig:
             "stft/compressed": self.cstft,
             "stft/logmag": self.logmag,
             "stft/bandcos": self.bandcos,
+            "stft/stationary": self.stationary,
         }
 
 

@@ -239,6 +239,19 @@ def band_cosine_loss(
         return per_signal.mean()
 
 
+def stationary_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared distance of the time-averaged complex codec STFTs (960 / 480): each bin's
+    component that is the same complex value in every frame, relative to the reference's mean
+    frame energy. A decoder that adds such a component plays a fixed comb of tones at multiples
+    of the 100 Hz frame rate whatever the input (docs/training.md, "Round 4"); in music it is
+    small (random phases average out over a crop), so this asks the decoder to drop it."""
+    with fp32(x.device):
+        zx, zy = codec_stft(x), codec_stft(y)  # [N, 481, frames]
+        diff = (zy.mean(-1) - zx.mean(-1)).abs().square().sum(-1)
+        scale = zx.abs().square().mean(-1).sum(-1) + 1e-8
+        return (diff / scale).mean()
+
+
 def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:
     """Mean squared error of |X|^p e^(i angle X) at the codec's STFT (960 / 480), plus the same
     on the compressed magnitudes alone; compression lifts quiet bins, the complex term is phase.

@@ -26,6 +26,7 @@ from .losses import (
     LogMagnitudeLoss,
     MultiScaleMelLoss,
     band_cosine_loss,
+    stationary_loss,
     compressed_stft_loss,
     cosine_loss,
     discriminator_hinge,
@@ -171,6 +172,8 @@ class StepRunner:
             losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
         if lam["stft/bandcos"] > 0:
             losses["stft/bandcos"] = band_cosine_loss(x_ref, y)
+        if lam["stft/stationary"] > 0:
+            losses["stft/stationary"] = stationary_loss(x_ref, y)
         if lam["stft/logmag"] > 0:
             losses["stft/logmag"] = self.logmag(x_ref, y)
         return losses
