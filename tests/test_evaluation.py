@@ -107,6 +107,21 @@ def test_harmonic_corr_tells_partials_from_shaped_noise() -> None:
         metrics.harmonic_corr(x[:, :1000], x[:, :1000], SR)
 
 
+def test_comb_share_finds_a_frame_periodic_pattern() -> None:
+    """A pattern repeating every 480 samples (the codec's hop) is all "comb"; music-like audio
+    and noise read about 1 / frames; a quiet comb added to music reads its energy share."""
+    x = music_like(1.0)
+    frames = (x.shape[1] - 960) // 480 + 1
+    comb = np.tile(white(0.01, seed=8)[:, :480], (1, x.shape[1] // 480))
+    assert metrics.comb_share(comb) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.comb_share(white(1.0, seed=9)) < 3 / frames
+    assert metrics.comb_share(x) < 0.02
+    mixed = x + 0.3 * comb * np.sqrt((x**2).mean() / (comb**2).mean())
+    assert 0.05 < metrics.comb_share(mixed) < 0.15  # 0.09 of the energy is the comb
+    with pytest.raises(metrics.MetricError, match="too short"):
+        metrics.comb_share(x[:, :500])
+
+
 def test_match_length_trims_and_pads() -> None:
     x = np.ones((2, 10))
     assert metrics.match_length(x, 7).shape == (2, 7)
@@ -303,6 +318,7 @@ def test_eval_writes_every_output(eval_run: Path) -> None:
                 "mel_distance",
                 "si_sdr_db",
                 "harmonic_corr",
+                "comb_share",
                 "ild_error_db",
                 "icc_error",
             }

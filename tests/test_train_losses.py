@@ -20,8 +20,8 @@ from spectrostream.train.losses import (
     discriminator_hinge,
     feature_matching,
     generator_adversarial,
-    stationary_loss,
     si_sdr,
+    stationary_loss,
     stft_l1,
     waveform_l1,
 )
@@ -200,6 +200,9 @@ def test_stationary_loss_catches_a_fixed_comb():
     period = 0.03 * torch.randn(2, 2, 480)
     comb = period.repeat(1, 1, 100)  # period 480 samples = the hop
     noise = comb.std() * torch.randn_like(x)
-    with_comb, with_noise = stationary_loss(x, x + comb).item(), stationary_loss(x, x + noise).item()
+    with_comb, with_noise = (
+        stationary_loss(x, x + comb).item(),
+        stationary_loss(x, x + noise).item(),
+    )
     assert with_comb > 20 * with_noise
     assert with_comb == pytest.approx(stationary_loss(x, x + 2 * comb).item() / 4, rel=1e-3)

@@ -1,5 +1,5 @@
 """Signal math shared by training and evaluation: SI-SDR, the HTK mel filterbank and the
-harmonic fine-structure correlation.
+harmonic fine-structure correlation, the fixed-comb share.
 
 One definition each, used by ``train/losses.py`` (torch, float32, differentiable) and
 ``evaluation/metrics.py`` (float64 numbers for reports).
@@ -99,6 +99,29 @@ def harmonic_correlation(
     den = torch.sqrt(fr.square().sum(-1) * fe.square().sum(-1)).clamp_min(1e-20)
     corr = (num / den * energy).sum(-1) / energy.sum(-1).clamp_min(1e-30)
     return corr.reshape(lead)
+
+
+def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.Tensor:
+    """Share of a signal's energy that repeats in every frame: [..., T] -> [...], 0..1.
+
+    STFT (periodic Hann ``n_fft``, hop ``hop``, no centring; the codec's own at 48 kHz); the
+    energy of each bin's time average (the component with the same complex value in every
+    frame, which plays as a fixed comb of tones at multiples of sample_rate / hop) over the mean
+    frame energy. Music reads about 1 / frames (random phases average out); a decoder that adds
+    an input-independent frame pattern reads more. Signals shorter than ``n_fft`` give NaN.
+    """
+    dtype = torch.promote_types(audio.dtype, torch.float32)
+    a = audio.to(dtype)
+    lead = a.shape[:-1]
+    if a.shape[-1] < n_fft:
+        return torch.full(lead, float("nan"), dtype=dtype)
+    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=a.device)
+    spec = torch.stft(
+        a.reshape(-1, a.shape[-1]), n_fft, hop, window=window, center=False, return_complex=True
+    )
+    fixed = spec.mean(-1).abs().square().sum(-1)
+    total = spec.abs().square().mean(-1).sum(-1)
+    return (fixed / total.clamp_min(1e-30)).reshape(lead)
 
 
 def _fine_structure(

@@ -56,6 +56,20 @@ ACTIVE_RANGE_DB = 50.0
 ILD_CLIP_DB = 30.0
 
 
+def comb_share(estimate: np.ndarray) -> float:
+    """Share of the decoded audio's energy that repeats in every 10 ms codec frame, mean over
+    channels (``spectrostream.metrics.comb_share``, float64). Raises MetricError for clips
+    shorter than one 960-sample frame."""
+    import torch
+
+    from ..metrics import comb_share as share
+
+    values = share(torch.from_numpy(np.asarray(estimate, np.float64)))
+    if bool(torch.isnan(values).any()):
+        raise MetricError("the clip is too short for the fixed-comb share (960 samples)")
+    return float(values.mean())
+
+
 # --------------------------------------------------------------------------------------------
 # Shapes
 

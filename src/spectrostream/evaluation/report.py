@@ -46,6 +46,12 @@ _METRICS = (
         "higher is better; 1 = the same partials, about 0 = shaped noise",
     ),
     (
+        "comb_share",
+        "Fixed-comb share (energy repeating in every 10 ms frame, decoded audio)",
+        4,
+        "lower is better; music reads about 0.001",
+    ),
+    (
         "ild_error_db",
         "Inter-channel level difference error (dB, 32 mel bands)",
         2,

@@ -26,7 +26,6 @@ from .losses import (
     LogMagnitudeLoss,
     MultiScaleMelLoss,
     band_cosine_loss,
-    stationary_loss,
     compressed_stft_loss,
     cosine_loss,
     discriminator_hinge,
@@ -34,6 +33,7 @@ from .losses import (
     generator_adversarial,
     sdr_loss,
     si_sdr,
+    stationary_loss,
     stft_l1,
     waveform_l1,
 )
