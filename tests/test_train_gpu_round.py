@@ -36,8 +36,10 @@ def test_gpu_round_smoke(tmp_path):
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
     summary = json.loads((out / "round.json").read_text())
     assert summary["steps"] == 8
+    v = summary["validation"]
     for key in ("val/si_sdr_bypass", "val/si_sdr_16kbps", "val/pca_top4_share"):
-        assert key in summary["validation"], key
+        assert key in v, key
+    assert 0 < v["val/comb_reference"]["value"] < 1 and 0 < v["val/comb_16kbps"]["value"] < 1
     assert set(summary["loss_shares"]) == {
         "share/mel/loss",
         "share/stft/bandcos",

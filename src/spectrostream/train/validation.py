@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
-from ..metrics import harmonic_correlation
+from ..metrics import comb_share, harmonic_correlation
 from ..model import SpectroStream
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
@@ -35,6 +35,8 @@ def validate(
 
     - mel distance and SI-SDR unquantized ("bypass") and at 4/8/16 kbps once the codebooks are
       fitted (identical scores at every rate mean the codes are ignored);
+    - harmonic correlation, and the fixed-comb share of each output beside the reference's
+      (above it: the decoder adds a frame-periodic pattern, a comb of tones);
     - top-4 PCA share of the latent frames (near 1: a collapsed latent);
     - relative output change when 5% Gaussian noise is added to the latent (near 0: the
       decoder ignores the latent);
@@ -108,12 +110,17 @@ def _score_batch(
     sums: dict[str, float],
     examples: dict[str, Any],
 ) -> None:
-    """Per-item mel distance, SI-SDR and harmonic correlation of every variant into ``sums``;
-    the first
-    ``val_audio_examples`` items' audio into ``examples``."""
+    """Per-item mel distance, SI-SDR, harmonic correlation and fixed-comb share of every variant
+    (and the reference's comb share) into ``sums``; the first ``val_audio_examples`` items' audio
+    into ``examples``."""
     for name, y in decoded.items():
         ref = x[..., : y.shape[-1]]
         harmonic = harmonic_correlation(ref.float(), y.float()).mean(-1).tolist()  # per item
+        combs = {name: comb_share(y.float()).mean(-1).sum().item()}
+        if name == "bypass":
+            combs["reference"] = comb_share(ref.float()).mean(-1).sum().item()
+        for key, value in combs.items():
+            sums[f"val/comb_{key}"] = sums.get(f"val/comb_{key}", 0.0) + value
         for i in range(x.shape[0]):
             m = mel(ref[i : i + 1], y[i : i + 1]).item()
             s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
@@ -155,8 +162,11 @@ def format_validation(step: int, v: dict[str, float]) -> str:
         if f"val/si_sdr_{name}" in v:
             parts.append(
                 f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f} "
-                f"harmonic {v.get(f'val/harmonic_{name}', float('nan')):.3f};"
+                f"harmonic {v.get(f'val/harmonic_{name}', float('nan')):.3f} "
+                f"comb {v.get(f'val/comb_{name}', float('nan')):.4f};"
             )
+    if "val/comb_reference" in v:
+        parts.append(f"reference comb {v['val/comb_reference']:.4f};")
     parts.append(f"PCA top-4 {v.get('val/pca_top4_share', float('nan')):.3f};")
     parts.append(f"5% latent noise -> {100 * v.get('val/noise_change', float('nan')):.1f}% change;")
     if "val/codes_distinct_mean" in v:
