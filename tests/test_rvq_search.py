@@ -103,7 +103,7 @@ def test_rounding_bound_holds_for_blas_products():
     assert ((approx.double() - exact).abs() <= bound).all()
 
 
-def test_near_ties_pick_the_float64_nearest():
+def test_near_ties_pick_the_float64_nearest(ranking):
     """Two codewords at (almost) the same distance: the float64-nearest wins, the lower index
     on an exact tie, whatever the batch."""
     q = ResidualVQ(1, 4, 3)
@@ -114,7 +114,22 @@ def test_near_ties_pick_the_float64_nearest():
     assert [q.encode(emb[..., j : j + 1])[0, 0, 0].item() for j in range(3)] == codes
 
 
-def test_parity_fixture_codes(parity_dir):
+@pytest.fixture(params=["float16 ranking", "float32 ranking"])
+def ranking(request, monkeypatch):
+    """Both CPU rankings (fbgemm float16 weights where there, float32 numpy) give exact codes."""
+    half = request.param == "float16 ranking"
+    if half and "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no fbgemm on this CPU")
+    monkeypatch.setattr(quantizer, "HALF_CPU_RANKING", half)
+    return half
+
+
+def test_ranking_in_use(ranking):
+    q = ResidualVQ(2, 64, 16)
+    assert (q.search_tables().exact.half is not None) == ranking
+
+
+def test_parity_fixture_codes(parity_dir, ranking):
     from gen_weights import make_param
 
     fx = np.load(parity_dir / "spectrostream_parity_fixture.npz")
@@ -124,7 +139,7 @@ def test_parity_fixture_codes(parity_dir):
 
 
 @pytest.mark.parametrize("clip", ["moonlight.flac", "castanets.flac"])
-def test_real_audio_codes(clip):
+def test_real_audio_codes(clip, ranking):
     codec = load()
     audio, _ = audio_io.read_audio(EVAL / clip, sample_rate=SAMPLE_RATE)
     x = torch.from_numpy(audio[:, : 3 * SAMPLE_RATE])

@@ -1,9 +1,9 @@
 """Residual vector quantizer: greedy search by squared L2, dequantization by summing codewords.
 
-On the CPU (``EXACT_CPU_SEARCH``) each level's code is the exact nearest codeword: a float32
-matrix product ranks all codewords, every codeword within that product's proven rounding bound
-of the best is re-ranked by its float64 distance, and the float64 nearest (the lowest index on
-a tie) is the code. So the codes do not depend on how many frames one call searches (a 40 ms
+On the CPU (``EXACT_CPU_SEARCH``) each level's code is the exact nearest codeword: a product
+ranks all codewords (float16 weights with float32 sums where fbgemm exists, else float32),
+every codeword within that ranking's proven error bound of the best is re-ranked by its float64
+distance, and the float64 nearest (the lowest index on a tie) is the code. So the codes do not depend on how many frames one call searches (a 40 ms
 stream step and a whole file give the same codes) nor on the BLAS's summation order.
 """
 
@@ -52,33 +52,86 @@ class SearchTables:
         return self._transposed
 
 
+# The exact CPU search ranks with fbgemm's float16-weight product where it exists (x86): it reads
+# half the bytes of float32 codebooks (the search is memory-bound); the weights' float16
+# rounding error widens the re-rank window (ExactTables.window). False: float32 numpy ranking.
+HALF_CPU_RANKING = True
+
+
 @dataclass
 class ExactTables:
-    """The exact CPU search's tables. ``scores`` [D+1, K] float32 per level: -c_k as columns
-    over ||c_k||^2 (the norms above), so [x, 1] @ scores = ||c||^2 - x . c in one product;
-    ``rows`` [K, D] float32 (the rows above, as numpy); max_k ||c_k|| per level; ``bound``:
-    |score - exact| <= bound (C^2 + ||x|| C) for every codeword, ``rounding_bound(D + 1)``: a
-    float32 sum of D + 1 terms (gamma_{D+1}) over a float32 norm (gamma_D), within it."""
+    """The exact CPU search's tables: ``rows`` [K, D] float32 per level (numpy views of the
+    torch rows), ``max_norm`` = max_k ||c_k|| (and of the float16 copies), ``bound``: a
+    score's float32 rounding error per unit of C^2 + ||x|| C, ``rounding_bound(D + 1)`` (a
+    float32 sum of D + 1 terms, gamma_{D+1}, over a float32 norm, gamma_D, is within it).
 
-    scores: list[np.ndarray]
+    Ranking (``rank``), one of: ``half``, per level fbgemm float16 packs of -fp16(c_k) with
+    the float32 bias ||c_k||^2, and ``half_error`` = max_k ||c_k - fp16(c_k)||, which adds
+    ||x|| half_error to each score's error; or ``scores``, per level [D+1, K] float32: -c_k as
+    columns over ||c_k||^2, so [x, 1] @ scores = ||c||^2 - x . c in one product."""
+
     rows: list[np.ndarray]
     max_norm: list[float]
     bound: float
+    half: list[object] | None = None
+    half_error: list[float] | None = None
+    scores: list[np.ndarray] | None = None
 
     @classmethod
     def build(cls, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> ExactTables:
-        scores = []
-        for r, n in zip(rows, norms, strict=True):
-            s = np.empty((r.shape[1] + 1, r.shape[0]), np.float32)
-            np.negative(r.numpy().T, out=s[:-1])
-            s[-1] = n.numpy()
-            scores.append(s)
-        return cls(
-            scores=scores,
+        tab = cls(
             rows=[r.numpy() for r in rows],
             max_norm=[math.sqrt(float(n.double().max())) for n in norms],
             bound=rounding_bound(rows[0].shape[1] + 1) if rows else 0.0,
         )
+        if not (HALF_CPU_RANKING and rows and tab._build_half(rows, norms)):
+            tab.scores = [_score_table(r, n) for r, n in zip(rows, norms, strict=True)]
+        return tab
+
+    def _build_half(self, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> bool:
+        """The float16 packs, if fbgemm is there and every codeword fits float16; checked on
+        one product against float64 (a backend that rounded x to float16 would fail it)."""
+        if "fbgemm" not in torch.backends.quantized.supported_engines:
+            return False
+        if max(float(r.abs().max()) for r in rows) >= 60000.0:
+            return False
+        self.half, self.half_error = [], []
+        for level, (r, n) in enumerate(zip(rows, norms, strict=True)):
+            h = r.half().float()  # exact in float16: the pack's conversion changes nothing
+            self.half.append(torch.ops.quantized.linear_prepack_fp16(-h, n.contiguous()))
+            self.half_error.append(float((r.double() - h.double()).norm(dim=1).max()))
+            self.max_norm[level] = max(self.max_norm[level], float(h.double().norm(dim=1).max()))
+        x = torch.randn(1, rows[0].shape[1], generator=torch.Generator().manual_seed(0))
+        got = self.rank(0, np.ones(x.shape[1] + 1, np.float32), x).astype(np.float64)
+        want = (norms[0].double() - rows[0].half().double() @ x[0].double()).numpy()
+        limit = self.bound * (self.max_norm[0] ** 2 + float(x.norm()) * self.max_norm[0])
+        if not np.all(np.abs(got - want) <= limit):
+            self.half = self.half_error = None
+            return False
+        return True
+
+    def rank(self, level: int, aug: np.ndarray, x: torch.Tensor) -> np.ndarray:
+        """Scores ~ ||c_k||^2 - x . c_k (float32) of every codeword k: aug = [x, 1] ([D+1] or
+        [M, D+1], for ``scores``), x [M, D] float32 contiguous (for ``half``) -> [K] or [M, K]."""
+        if self.half is not None:
+            out = torch.ops.quantized.linear_dynamic_fp16(x, self.half[level]).numpy()
+            return out[0] if aug.ndim == 1 else out
+        return aug @ self.scores[level]
+
+    def window(self, level: int, x_norm):
+        """How far above the best score the float64-nearest codeword can lie: twice a score's
+        error bound (for the two scores compared), doubled again as a margin for rounding the
+        limit to float32 and for a float32 ||x||."""
+        c = self.max_norm[level]
+        spread = self.half_error[level] * x_norm if self.half_error is not None else 0.0
+        return 4.0 * (self.bound * (c * c + x_norm * c) + spread)
+
+
+def _score_table(rows: torch.Tensor, norms: torch.Tensor) -> np.ndarray:
+    s = np.empty((rows.shape[1] + 1, rows.shape[0]), np.float32)
+    np.negative(rows.numpy().T, out=s[:-1])
+    s[-1] = norms.numpy()
+    return s
 
 
 def rounding_bound(dim: int) -> float:
@@ -116,6 +169,7 @@ class ResidualVQ(nn.Module):
         """
         cbs = self.codebooks
         key = (cbs.data_ptr(), tensor_version(cbs), cbs.dtype, cbs.device, tuple(cbs.shape))
+        key += (HALF_CPU_RANKING,)
         if key != self._tables_key:
             with torch.no_grad():
                 cbf = cbs.float()
@@ -224,10 +278,10 @@ def exact_search(
     total = np.zeros((m, d), np.float32) if dequantize else None
     frames, x = np.arange(m), aug[:, :d]
     for level in range(levels):
-        approx = aug @ tab.scores[level]  # [M, K] float32
+        approx = tab.rank(level, aug, torch.from_numpy(np.ascontiguousarray(x)))  # [M, K]
         best = approx.argmin(1)
         x_norm = np.sqrt(np.einsum("md,md->m", x, x, dtype=np.float64))
-        limit = approx[frames, best] + _window(tab, level, x_norm)
+        limit = approx[frames, best] + tab.window(level, x_norm)
         close = approx <= limit[:, None].astype(np.float32)
         for j in np.flatnonzero(np.count_nonzero(close, 1) > 1):
             best[j] = _rerank(x[j], tab.rows[level], np.flatnonzero(close[j]))
@@ -246,13 +300,14 @@ def _search_frame(
     Python floats, the residual updated in place (the same float32 operations)."""
     d = aug.shape[0] - 1
     x = aug[:d]
+    xt = torch.from_numpy(x)[None]  # the same memory: sees the in-place updates
     codes = np.empty((1, levels), np.int64)
     total = np.zeros((1, d), np.float32) if dequantize else None
     for level in range(levels):
-        approx = aug @ tab.scores[level]  # [K] float32
+        approx = tab.rank(level, aug, xt)  # [K] float32
         best = int(approx.argmin())
         # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
-        limit = float(approx[best]) + _window(tab, level, math.sqrt(float(x @ x)))
+        limit = float(approx[best]) + tab.window(level, math.sqrt(float(x @ x)))
         close = np.flatnonzero(approx <= np.float32(limit))
         if close.size > 1:
             best = _rerank(x, tab.rows[level], close)
@@ -262,15 +317,6 @@ def _search_frame(
         if total is not None:
             total += chosen
     return codes, total
-
-
-def _window(tab: ExactTables, level: int, x_norm):
-    """How far above the best float32 score the float64-nearest codeword can lie: twice the
-    scores' error bound (``ExactTables.bound`` times C^2 + ||x|| C), for the two scores
-    compared, doubled again as a margin for rounding the limit to float32 and for a float32
-    ||x||."""
-    c = tab.max_norm[level]
-    return 4.0 * tab.bound * (c * c + x_norm * c)
 
 
 def _rerank(twice: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> int:
