@@ -10,7 +10,8 @@ every variant sees the same machine load:
     frame into the streaming decoder (all 64 levels): this code ("now"), the code at
     ``--baseline-rev`` ("baseline", imported from git as a separate package), and the ONNX
     Runtime step graphs (``spectrostream export-onnx``) with the same PyTorch STFT, RVQ and
-    iSTFT around them ("onnxruntime"). Steps rotate through the variants. Optional:
+    iSTFT around them ("onnxruntime"). Steps rotate through the variants (every step, or every
+    ``--block-steps`` steps: a stream's steps back to back, as in use). Optional:
     ``--compiled`` (``compiled=True`` streams, inductor step graphs; with ``--int8`` also the
     int8 model compiled), ``--fp32-search`` (the
     float32 torch RVQ search instead of the exact CPU one), ``--overlap`` (encoder step of
@@ -389,6 +390,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
     p.add_argument("--repeats", type=int, default=2, help="offline repetitions (default 2)")
     p.add_argument("--warmup-steps", type=int, default=4, help="streaming steps not timed")
+    p.add_argument(
+        "--block-steps",
+        type=int,
+        default=1,
+        help="consecutive steps of one variant before the next (1: rotate every step; 25: "
+        "1 s of audio, as one stream runs, with its own weights in the caches)",
+    )
     p.add_argument("--baseline-rev", default="d34264d", help="git revision; 'none' to skip")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--int8", action="store_true", help="add the int8 variant")
@@ -409,7 +417,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="int8 variant(s) with these calibration files (repeatable; names int8:<stem>)",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.block_steps < 1:
+        p.error("--block-steps must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,15 +472,18 @@ def main(argv: list[str] | None = None) -> int:
                 t = v.offline(audio)
                 if r and t[0] == t[0]:
                     offline[v.name].append(t)
-        for i in range(args.warmup_steps + steps):
-            block = audio[..., (i % steps) * SAMPLES_PER_CODE : (i % steps + 1) * SAMPLES_PER_CODE]
-            k = i % len(variants)
+        total, run = args.warmup_steps + steps, args.block_steps
+        for start in range(0, total, run):
+            k = (start // run) % len(variants)
             for v in variants[k:] + variants[:k]:
                 torch.set_num_threads(getattr(v, "threads", None) or args.threads)
-                t = time.perf_counter()
-                v.step(block)
-                if i >= args.warmup_steps:
-                    times[v.name].append(time.perf_counter() - t)
+                for i in range(start, min(start + run, total)):
+                    j = i % steps
+                    block = audio[..., j * SAMPLES_PER_CODE : (j + 1) * SAMPLES_PER_CODE]
+                    t = time.perf_counter()
+                    v.step(block)
+                    if i >= args.warmup_steps:
+                        times[v.name].append(time.perf_counter() - t)
     torch.set_num_threads(args.threads)
     ref1, load1 = matmul_gflops(), os.getloadavg()
     result = {
@@ -477,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "baseline_rev": args.baseline_rev,
+        "block_steps": args.block_steps,
         "audio_seconds": audio_s,
         "machine": {**cpu_info(), "torch": torch.__version__},
         "load_avg_1m": [round(load0[0], 2), round(load1[0], 2)],

@@ -304,13 +304,15 @@ def _search_frame(
     codes = np.empty((1, levels), np.int64)
     total = np.zeros((1, d), np.float32) if dequantize else None
     for level in range(levels):
-        approx = tab.rank(level, aug, xt)  # [K] float32
+        approx = tab.rank(level, aug, xt)  # [K] float32, a fresh array
         best = int(approx.argmin())
+        top = approx[best]
         # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
-        limit = float(approx[best]) + tab.window(level, math.sqrt(float(x @ x)))
-        close = np.flatnonzero(approx <= np.float32(limit))
-        if close.size > 1:
-            best = _rerank(x, tab.rows[level], close)
+        limit = np.float32(float(top) + tab.window(level, math.sqrt(float(x @ x))))
+        approx[best] = np.inf  # the runner-up decides whether any other codeword is close
+        if approx.min() <= limit:
+            approx[best] = top
+            best = _rerank(x, tab.rows[level], np.flatnonzero(approx <= limit))
         codes[0, level] = best
         chosen = tab.rows[level][best]
         x -= 2.0 * chosen
