@@ -88,9 +88,9 @@ class LossConfig:
         but its gradient is bounded and always points towards +x (docs/training.md).
     bandcos: 1 - cosine similarity of the complex codec STFTs per octave band, bands weighted
         equally (the waveform cosine without the bass deciding it).
-    stationary: squared distance of the time-averaged complex codec STFTs (each bin's
-        frame-constant component, which plays as a fixed comb of tones), relative to the
-        reference's frame energy.
+    stationary: squared distance of the complex codec STFTs averaged over the frames and the
+        batch (an input-independent frame-constant component, which plays as a fixed comb of
+        tones), relative to the reference's frame energy.
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
