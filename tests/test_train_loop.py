@@ -113,6 +113,20 @@ def test_resume_continues_exactly(music, tmp_path):
     assert a["opt_g"]["state"][0]["exp_avg"].equal(b["opt_g"]["state"][0]["exp_avg"])
 
 
+def test_resume_with_another_discriminator_starts_it_afresh(music, tmp_path, caplog):
+    """A changed [discriminator] section (e.g. a lighter one to start the GAN stage on a CPU)
+    keeps the generator, quantizer and generator optimizer and starts the discriminators anew."""
+    cfg = tiny(music, run={"ckpt_every": 4, "log_every": 4})
+    first = train(cfg.with_(optim={"max_steps": 4}), tmp_path / "run")
+    light = cfg.with_(optim={"max_steps": 6}, discriminator={"windows": (256,), "base_width": 8})
+    with caplog.at_level("WARNING"):
+        resumed = train(light, tmp_path / "run", resume=True)
+    assert resumed.step == 6 and "discriminators start afresh" in caplog.text
+    before = ckpt.load_checkpoint(first.last_checkpoint)["discriminator"]
+    after = ckpt.load_checkpoint(resumed.last_checkpoint)["discriminator"]
+    assert before.keys() != after.keys()
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(music, tmp_path):
     cfg = tiny(music, optim={"max_steps": 2}, run={"ckpt_every": 2})
     with pytest.raises(TrainingError, match="no checkpoint"):

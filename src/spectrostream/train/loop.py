@@ -103,10 +103,13 @@ def _restore(state: dict[str, Any], cfg: TrainConfig, nets: Nets, dinfo: DistInf
         diff = _diff(saved_cfg.to_dict(), cfg.to_dict())
         log.warning("resuming with a changed training config: %s", "; ".join(diff))
     nets.model.load_state_dict(state["generator"], strict=True)
-    nets.disc.load_state_dict(state["discriminator"], strict=True)
     nets.rvq.load_state_dict(state["quantizer_ema"], strict=True)
     nets.opt_g.load_state_dict(state["opt_g"])
-    nets.opt_d.load_state_dict(state["opt_d"])
+    if saved_cfg.discriminator == cfg.discriminator:
+        nets.disc.load_state_dict(state["discriminator"], strict=True)
+        nets.opt_d.load_state_dict(state["opt_d"])
+    elif dinfo.main:
+        log.warning("the [discriminator] config changed: the discriminators start afresh")
     rngs = state["rng"]
     if len(rngs) == dinfo.world:
         ckpt.set_rng_state(rngs[dinfo.rank])
