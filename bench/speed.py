@@ -423,14 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.seconds < 1 or args.threads < 1:
-        print("--seconds must be >= 1 and --threads >= 1", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    model = build_model(args.config)
-    fe, fd = count_flops(model)
+def build_variants(args: argparse.Namespace, model: SpectroStream) -> list:
+    """The variants the flags ask for, "now" first."""
     ort = [] if args.no_onnx else [Onnx(model, args.threads)]  # built before streams open
     int8 = [Int8(model)] if args.int8 else []
     int8 += [Int8(model, c, f"int8:{c.name}") for c in args.int8_calibration or []]
@@ -453,16 +447,18 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(Overlap(copies.pop()))
         if args.compiled:
             variants.append(OverlapCompiled(copies.pop()))
-
     if one_thread:
         one = Now(copies.pop())
         one.name, one.threads = "now, 1 thread", 1
         variants.append(one)
-    steps = max(int(args.seconds / STEP_S), 10)
-    g = torch.Generator().manual_seed(1)
-    audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
-    audio_s = audio.shape[-1] / 48000
-    load0, ref0 = os.getloadavg(), matmul_gflops()
+    return variants
+
+
+def time_variants(
+    args: argparse.Namespace, variants: list, audio: torch.Tensor, steps: int
+) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+    """Offline rounds, then streaming steps, rotating through the variants (every
+    ``--block-steps`` steps) -> (step seconds, offline (encode, decode) seconds) per variant."""
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     offline: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
     with torch.inference_mode():
@@ -485,6 +481,43 @@ def main(argv: list[str] | None = None) -> int:
                     if i >= args.warmup_steps:
                         times[v.name].append(time.perf_counter() - t)
     torch.set_num_threads(args.threads)
+    return times, offline
+
+
+def print_rows(result: dict) -> None:
+    """The markdown rows of docs/benchmarks.md."""
+    ref0, ref1 = result["matmul2048_gflops"]
+    load0, load1 = result["load_avg_1m"]
+    for name, r in result["variants"].items():
+        off = (
+            f"{r['offline_encode_rtf']:.2f} | {r['offline_decode_rtf']:.2f}"
+            if r["offline_encode_rtf"]
+            else "- | -"
+        )
+        print(
+            f"| {result['config']} | {result['threads']} | {name} | {off} "
+            f"| {r['stream_step_ms_p50']:.1f} / {r['stream_step_ms_p90']:.1f} / "
+            f"{r['stream_step_ms_p99']:.1f} | **{r['stream_rtf_mean']:.2f}** "
+            f"| {r['stream_gflops_p50']:.0f} | {ref0:.0f}-{ref1:.0f} "
+            f"| {load0:.1f}-{load1:.1f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.seconds < 1 or args.threads < 1:
+        print("--seconds must be >= 1 and --threads >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    model = build_model(args.config)
+    fe, fd = count_flops(model)
+    variants = build_variants(args, model)
+    steps = max(int(args.seconds / STEP_S), 10)
+    g = torch.Generator().manual_seed(1)
+    audio = 0.1 * torch.randn(1, model.config.audio_channels, steps * SAMPLES_PER_CODE, generator=g)
+    audio_s = audio.shape[-1] / 48000
+    load0, ref0 = os.getloadavg(), matmul_gflops()
+    times, offline = time_variants(args, variants, audio, steps)
     ref1, load1 = matmul_gflops(), os.getloadavg()
     result = {
         "config": args.config,
@@ -505,19 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
-    for name, r in result["variants"].items():
-        off = (
-            f"{r['offline_encode_rtf']:.2f} | {r['offline_decode_rtf']:.2f}"
-            if r["offline_encode_rtf"]
-            else "- | -"
-        )
-        print(
-            f"| {args.config} | {args.threads} | {name} | {off} "
-            f"| {r['stream_step_ms_p50']:.1f} / {r['stream_step_ms_p90']:.1f} / "
-            f"{r['stream_step_ms_p99']:.1f} | **{r['stream_rtf_mean']:.2f}** "
-            f"| {r['stream_gflops_p50']:.0f} | {ref0:.0f}-{ref1:.0f} "
-            f"| {load0[0]:.1f}-{load1[0]:.1f} |"
-        )
+    print_rows(result)
     return 0
 
 
