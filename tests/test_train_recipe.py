@@ -188,7 +188,8 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     assert parsed["gpu_round"].model_config() == net == parsed["cpu_default_v0"].model_config()
     # The stages that made the shipped default (docs/model-card.md) parse and build its network.
     stages = sorted((configs / "default_v1").glob("stage*.toml"))
-    assert len(stages) == 4
+    stages += sorted((configs / "default_v2").glob("stage*.toml"))
+    assert len(stages) == 6
     for p in stages:
         assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):
@@ -197,6 +198,7 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
         # complex STFT term stalled real-music runs; the waveform cosine pulled energy into the
         # bass: docs/training.md, "Diagnosis" and "Round 3").
         assert loss.balance and loss.bandcos > 0 and loss.mel > 0, name
+        assert loss.stationary > 0, name  # no fixed comb of tones ("Round 4")
         assert loss.sdr == 0 and loss.cstft == 0, name
         assert parsed[name].quantizer.kmeans_frames > 0, name
 
