@@ -36,7 +36,8 @@ calibrate_init = true
 [loss]  # configs/gpu_round.toml's losses
 balance = true
 bandcos = 0.25
-mel = 0.75
+mel = 0.72
+stationary = 0.03
 adv_gen = 0.0
 adv_feat = 0.0
 
