@@ -1,6 +1,6 @@
 """One stream of the shipped default alone in its process: int8 + compiled steps, 40 ms each.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/stream_alone.py [--steps 400] [--fp32]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/stream_alone.py [--steps 400] [--fp32] [--model M]
 Prints the p50 and mean step time (encoder push + decoder push, all 64 levels) over ``--steps``
 steps after 10 warm-up steps, as a user's stream runs (no other model in the process, its own
 weights in the caches). ``bench/speed.py`` gives the side-by-side numbers.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -26,13 +27,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--fp32", action="store_true", help="float32 convolutions instead of int8")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=MODELS_DIR / "default.safetensors",
+        help="a .safetensors file with its int8 calibration beside it (default: the shipped one)",
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    model = load().model.eval()
+    model = load(args.model).model.eval()
     if not args.fp32:
-        path = int8_calibration_path(MODELS_DIR / "default.safetensors")
-        quantize_int8(model, read_int8_calibration(path))
+        quantize_int8(model, read_int8_calibration(int8_calibration_path(args.model)))
     n, warm = SAMPLES_PER_CODE, 10
     audio = 0.1 * torch.randn(
         1, 2, (args.steps + warm) * n, generator=torch.Generator().manual_seed(1)
