@@ -223,3 +223,17 @@ def test_steady_steps_reuse_preallocated_state(model):
             seen.append(buffers())
     assert len(seen[2]) > 20  # conv, transposed-conv, STFT buffers
     assert all(s == seen[2] for s in seen[2:])
+
+
+def test_fold_time_gives_the_conv_frames_as_channels():
+    """The folded weight (a step's frames as output channels) computes the same conv."""
+    from spectrostream.layers import fold_time
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 10, 48, generator=g)
+    w, b = torch.randn(2, 16, 7, 7, generator=g), torch.randn(2, generator=g)
+    ref = torch.nn.functional.conv2d(x, w, b, padding=(0, 3))  # 4 output frames
+    wf, bf = fold_time(w, b, 4)
+    y = torch.nn.functional.conv2d(x, wf, bf, padding=(0, 3))
+    assert wf.shape == (8, 16, 10, 7) and y.shape == (2, 8, 1, 48)
+    assert torch.allclose(y.reshape(2, 2, 4, 48), ref, atol=1e-4)
