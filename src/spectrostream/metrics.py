@@ -101,6 +101,15 @@ def harmonic_correlation(
     return corr.reshape(lead)
 
 
+def frames_stft(a: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """[..., T] -> complex STFT [N, n_fft / 2 + 1, frames] (the leading axes flattened to N):
+    periodic Hann window ``n_fft``, hop ``hop``, no centring, in ``a``'s dtype."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=a.dtype, device=a.device)
+    return torch.stft(
+        a.reshape(-1, a.shape[-1]), n_fft, hop, window=window, center=False, return_complex=True
+    )
+
+
 def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.Tensor:
     """Share of a signal's energy that repeats in every frame: [..., T] -> [...], 0..1.
 
@@ -115,10 +124,7 @@ def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.T
     lead = a.shape[:-1]
     if a.shape[-1] < n_fft:
         return torch.full(lead, float("nan"), dtype=dtype)
-    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=a.device)
-    spec = torch.stft(
-        a.reshape(-1, a.shape[-1]), n_fft, hop, window=window, center=False, return_complex=True
-    )
+    spec = frames_stft(a, n_fft, hop)
     fixed = spec.mean(-1).abs().square().sum(-1)
     total = spec.abs().square().mean(-1).sum(-1)
     return (fixed / total.clamp_min(1e-30)).reshape(lead)
@@ -129,15 +135,7 @@ def _fine_structure(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., T] -> (log magnitude minus its moving average over frequency, mean-removed per
     frame, [N, frames, bins]; energy per frame in the bins, [N, frames])."""
-    window = torch.hann_window(n_fft, periodic=True, dtype=a.dtype, device=a.device)
-    spec = torch.stft(
-        a.reshape(-1, a.shape[-1]),
-        n_fft,
-        n_fft // 4,
-        window=window,
-        center=False,
-        return_complex=True,
-    )
+    spec = frames_stft(a, n_fft, n_fft // 4)
     lo, hi = bins
     power = spec.abs().square()[:, lo:hi]  # [N, F, frames]
     frames_first = (0.5 * torch.log(power + 1e-12)).transpose(1, 2)  # [N, frames, F]

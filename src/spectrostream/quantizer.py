@@ -3,8 +3,9 @@
 On the CPU (``EXACT_CPU_SEARCH``) each level's code is the exact nearest codeword: a product
 ranks all codewords (float16 weights with float32 sums where fbgemm exists, else float32),
 every codeword within that ranking's proven error bound of the best is re-ranked by its float64
-distance, and the float64 nearest (the lowest index on a tie) is the code. So the codes do not depend on how many frames one call searches (a 40 ms
-stream step and a whole file give the same codes) nor on the BLAS's summation order.
+distance, and the float64 nearest (the lowest index on a tie) is the code. So the codes do not
+depend on how many frames one call searches (a 40 ms stream step and a whole file give the same
+codes) nor on the BLAS's summation order.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class ExactTables:
             return False
         return True
 
-    def rank(self, level: int, aug: np.ndarray, x: torch.Tensor) -> np.ndarray:
+    def rank(self, level: int, aug: np.ndarray, x: torch.Tensor | None) -> np.ndarray:
         """Scores ~ ||c_k||^2 - x . c_k (float32) of every codeword k: aug = [x, 1] ([D+1] or
-        [M, D+1], for ``scores``), x [M, D] float32 contiguous (for ``half``) -> [K] or [M, K]."""
+        [M, D+1], for ``scores``), x [M, D] float32 contiguous (for ``half``; None without it)
+        -> [K] or [M, K]."""
         if self.half is not None:
             out = torch.ops.quantized.linear_dynamic_fp16(x, self.half[level]).numpy()
             return out[0] if aug.ndim == 1 else out
@@ -278,7 +280,9 @@ def exact_search(
     total = np.zeros((m, d), np.float32) if dequantize else None
     frames, x = np.arange(m), aug[:, :d]
     for level in range(levels):
-        approx = tab.rank(level, aug, torch.from_numpy(np.ascontiguousarray(x)))  # [M, K]
+        # the float16 product wants a contiguous [M, D]; the float32 one reads aug
+        xt = None if tab.half is None else torch.from_numpy(np.ascontiguousarray(x))
+        approx = tab.rank(level, aug, xt)  # [M, K]
         best = approx.argmin(1)
         x_norm = np.sqrt(np.einsum("md,md->m", x, x, dtype=np.float64))
         limit = approx[frames, best] + tab.window(level, x_norm)

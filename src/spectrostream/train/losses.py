@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
-from ..metrics import mel_filterbank
+from ..metrics import frames_stft, mel_filterbank
 from ..metrics import si_sdr as _si_sdr
 
 
@@ -122,16 +122,7 @@ def feature_matching(
 def codec_stft(a: torch.Tensor) -> torch.Tensor:
     """[B, C, T] -> complex STFT [B * C, 481, frames] at the codec's own resolution (960 / 480,
     periodic Hann, no centring), in float32."""
-    b, c, t = a.shape
-    window = torch.hann_window(N_FFT, periodic=True, device=a.device)
-    return torch.stft(
-        a.float().reshape(b * c, t),
-        N_FFT,
-        HOP_SAMPLES,
-        window=window,
-        center=False,
-        return_complex=True,
-    )
+    return frames_stft(a.float(), N_FFT, HOP_SAMPLES)
 
 
 def stft_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
