@@ -107,6 +107,21 @@ def test_harmonic_corr_tells_partials_from_shaped_noise() -> None:
         metrics.harmonic_corr(x[:, :1000], x[:, :1000], SR)
 
 
+def test_envelope_db_reads_band_level_errors() -> None:
+    x = music_like(1.0)
+    assert metrics.envelope_db(x, x, SR) == pytest.approx(0.0, abs=1e-9)
+    # a 6 dB gain reads about 6 dB where the bands are above the 60 dB floor
+    half = metrics.envelope_db(x, 0.5 * x, SR)
+    assert 3.0 < half <= 6.03
+    # a burst that the estimate smears over the whole clip: large, although the energy matches
+    burst = np.zeros_like(x)
+    burst[:, SR // 2 : SR // 2 + 4800] = white(1.0, seed=3)[:, :4800]
+    smeared = burst.std() * white(1.0, seed=4) / white(1.0, seed=4).std()
+    assert metrics.envelope_db(burst, smeared, SR) > 20.0
+    with pytest.raises(metrics.MetricError, match="too short"):
+        metrics.envelope_db(x[:, :1000], x[:, :1000], SR)
+
+
 def test_comb_share_finds_a_frame_periodic_pattern() -> None:
     """A pattern repeating every 480 samples (the codec's hop) is all "comb"; music-like audio
     and noise read about 1 / frames; a quiet comb added to music reads its energy share."""
@@ -318,6 +333,7 @@ def test_eval_writes_every_output(eval_run: Path) -> None:
                 "mel_distance",
                 "si_sdr_db",
                 "harmonic_corr",
+                "envelope_db",
                 "comb_share",
                 "ild_error_db",
                 "icc_error",

@@ -18,6 +18,7 @@ from spectrostream.train.losses import (
     band_cosine_loss,
     cosine_loss,
     discriminator_hinge,
+    envelope_loss,
     feature_matching,
     generator_adversarial,
     si_sdr,
@@ -206,3 +207,20 @@ def test_stationary_loss_catches_a_fixed_comb():
     )
     assert with_comb > 100 * with_noise
     assert with_comb == pytest.approx(stationary_loss(x, x + 2 * comb).item() / 4, rel=1e-3)
+
+
+def test_envelope_loss_is_the_band_envelope_distance_with_bounded_gradients():
+    """Zero for a perfect copy; noise of the same energy (the wrong time envelope) costs far
+    more than a 1 dB gain error; a near-silent output gets finite, non-zero gradients (the
+    floor bounds 1 / power)."""
+    torch.manual_seed(3)
+    x = 0.1 * torch.randn(2, 2, 24000)
+    x[..., :12000] *= 0.01  # a quiet half, then a loud one
+    assert envelope_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    smeared = x.std() * torch.randn_like(x)
+    gain = envelope_loss(x, x * 10 ** (-1 / 20)).item()
+    assert 0.7 < gain <= 1.0 + 1e-4  # less where the floor (60 dB below the loudest) clips
+    assert envelope_loss(x, smeared).item() > 10 * gain
+    y = (1e-7 * torch.randn_like(x)).requires_grad_()
+    envelope_loss(x, y).backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().max() > 0

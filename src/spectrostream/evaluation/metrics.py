@@ -131,6 +131,22 @@ def harmonic_corr(reference: np.ndarray, estimate: np.ndarray, sample_rate: int)
     return float(values.mean())
 
 
+def envelope_db(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """Band-envelope distance (dB), mean over channels (``spectrostream.metrics.
+    envelope_distance``, float64). Raises MetricError for clips shorter than its window."""
+    import torch
+
+    from ..metrics import ENVELOPE_N_FFT, envelope_distance
+
+    ref, est = _pair(reference, estimate)
+    values = envelope_distance(torch.from_numpy(ref), torch.from_numpy(est), sample_rate)
+    if bool(torch.isnan(values).any()):
+        raise MetricError(
+            f"the clip is too short for the band-envelope distance ({ENVELOPE_N_FFT} samples)"
+        )
+    return float(values.mean())
+
+
 # --------------------------------------------------------------------------------------------
 # STFT, mel
 

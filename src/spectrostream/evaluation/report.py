@@ -46,6 +46,12 @@ _METRICS = (
         "higher is better; 1 = the same partials, about 0 = shaped noise",
     ),
     (
+        "envelope_db",
+        "Band-envelope distance (dB, third-octave bands per 21 ms frame)",
+        2,
+        "lower is better; what ViSQOL hears first",
+    ),
+    (
         "comb_share",
         "Fixed-comb share (energy repeating in every 10 ms frame, decoded audio)",
         4,

@@ -217,6 +217,7 @@ METRIC_NAMES = (
     "mel_distance",
     "si_sdr_db",
     "harmonic_corr",
+    "envelope_db",
     "comb_share",
     "ild_error_db",
     "icc_error",
@@ -486,6 +487,7 @@ def score(
     attempt("mel_distance", lambda: metrics.mel_distance(reference, estimate, sample_rate))
     attempt("si_sdr_db", lambda: metrics.si_sdr_db(reference, estimate))
     attempt("harmonic_corr", lambda: metrics.harmonic_corr(reference, estimate, sample_rate))
+    attempt("envelope_db", lambda: metrics.envelope_db(reference, estimate, sample_rate))
     attempt("comb_share", lambda: metrics.comb_share(estimate))
     if reference.shape[0] == 2:
         stereo: list[metrics.StereoErrors] = []

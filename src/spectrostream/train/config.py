@@ -91,6 +91,9 @@ class LossConfig:
     stationary: squared distance of the complex codec STFTs averaged over the frames and the
         batch (an input-independent frame-constant component, which plays as a fixed comb of
         tones), relative to the reference's frame energy.
+    envelope: mean absolute dB difference of third-octave band energies per 21 ms frame
+        (``spectrostream.metrics.envelope_distance``): the time-varying spectral envelope,
+        which decides ViSQOL (docs/training.md, "Round 5").
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
@@ -113,6 +116,7 @@ class LossConfig:
     cos: float = 0.0
     bandcos: float = 0.0
     stationary: float = 0.0
+    envelope: float = 0.0
     logmag: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
@@ -138,6 +142,7 @@ class LossConfig:
             "stft/logmag": self.logmag,
             "stft/bandcos": self.bandcos,
             "stft/stationary": self.stationary,
+            "stft/envelope": self.envelope,
         }
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
-from ..metrics import frames_stft, mel_filterbank
+from ..metrics import envelope_distance, frames_stft, mel_filterbank
 from ..metrics import si_sdr as _si_sdr
 
 
@@ -241,6 +241,14 @@ def stationary_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         zx, zy = codec_stft(x), codec_stft(y)  # [N, 481, frames]
         diff = (zy.mean((0, 2)) - zx.mean((0, 2))).abs().square().sum()
         return diff / (zx.abs().square().mean((0, 2)).sum() + 1e-8)
+
+
+def envelope_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute dB difference of third-octave band energies per 21 ms frame (the metric
+    ``spectrostream.metrics.envelope_distance``), averaged over the batch and channels. The
+    time-varying spectral envelope, which ViSQOL hears first (docs/training.md, "Round 5")."""
+    with fp32(x.device):
+        return envelope_distance(x.float(), y.float()).mean()
 
 
 def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:

@@ -29,6 +29,7 @@ from .losses import (
     compressed_stft_loss,
     cosine_loss,
     discriminator_hinge,
+    envelope_loss,
     feature_matching,
     generator_adversarial,
     sdr_loss,
@@ -174,6 +175,8 @@ class StepRunner:
             losses["stft/bandcos"] = band_cosine_loss(x_ref, y)
         if lam["stft/stationary"] > 0:
             losses["stft/stationary"] = stationary_loss(x_ref, y)
+        if lam["stft/envelope"] > 0:
+            losses["stft/envelope"] = envelope_loss(x_ref, y)
         if lam["stft/logmag"] > 0:
             losses["stft/logmag"] = self.logmag(x_ref, y)
         return losses

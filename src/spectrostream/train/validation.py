@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
-from ..metrics import comb_share, harmonic_correlation
+from ..metrics import comb_share, envelope_distance, harmonic_correlation
 from ..model import SpectroStream
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
@@ -35,7 +35,8 @@ def validate(
 
     - mel distance and SI-SDR unquantized ("bypass") and at 4/8/16 kbps once the codebooks are
       fitted (identical scores at every rate mean the codes are ignored);
-    - harmonic correlation, and the fixed-comb share of each output beside the reference's
+    - harmonic correlation, band-envelope distance (dB; what ViSQOL hears first), and the
+      fixed-comb share of each output beside the reference's
       (above it: the decoder adds a frame-periodic pattern, a comb of tones);
     - top-4 PCA share of the latent frames (near 1: a collapsed latent);
     - relative output change when 5% Gaussian noise is added to the latent (near 0: the
@@ -110,12 +111,13 @@ def _score_batch(
     sums: dict[str, float],
     examples: dict[str, Any],
 ) -> None:
-    """Per-item mel distance, SI-SDR, harmonic correlation and fixed-comb share of every variant
-    (and the reference's comb share) into ``sums``; the first ``val_audio_examples`` items' audio
-    into ``examples``."""
+    """Per-item mel distance, SI-SDR, harmonic correlation, band-envelope distance (dB) and
+    fixed-comb share of every variant (and the reference's comb share) into ``sums``; the first
+    ``val_audio_examples`` items' audio into ``examples``."""
     for name, y in decoded.items():
         ref = x[..., : y.shape[-1]]
         harmonic = harmonic_correlation(ref.float(), y.float()).mean(-1).tolist()  # per item
+        envelope = envelope_distance(ref.float(), y.float()).mean(-1).tolist()
         combs = {name: comb_share(y.float()).mean(-1).sum().item()}
         if name == "bypass":
             combs["reference"] = comb_share(ref.float()).mean(-1).sum().item()
@@ -124,10 +126,9 @@ def _score_batch(
         for i in range(x.shape[0]):
             m = mel(ref[i : i + 1], y[i : i + 1]).item()
             s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
-            h = harmonic[i]
-            sums[f"val/mel_{name}"] = sums.get(f"val/mel_{name}", 0.0) + m
-            sums[f"val/si_sdr_{name}"] = sums.get(f"val/si_sdr_{name}", 0.0) + s
-            sums[f"val/harmonic_{name}"] = sums.get(f"val/harmonic_{name}", 0.0) + h
+            values = {"mel": m, "si_sdr": s, "harmonic": harmonic[i], "envelope": envelope[i]}
+            for key, value in values.items():
+                sums[f"val/{key}_{name}"] = sums.get(f"val/{key}_{name}", 0.0) + value
             j = first + i
             if j < cfg.run.val_audio_examples:
                 examples.setdefault(f"{j}/reference", ref[i].float().cpu())
@@ -163,6 +164,7 @@ def format_validation(step: int, v: dict[str, float]) -> str:
             parts.append(
                 f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f} "
                 f"harmonic {v.get(f'val/harmonic_{name}', float('nan')):.3f} "
+                f"envelope {v.get(f'val/envelope_{name}', float('nan')):.2f} dB "
                 f"comb {v.get(f'val/comb_{name}', float('nan')):.4f};"
             )
     if "val/comb_reference" in v:
