@@ -18,6 +18,7 @@ from .config import SAMPLE_RATE
 SI_SDR_NOISE_FLOOR = 1e-20
 ENVELOPE_N_FFT = 1024  # 21 ms at 48 kHz, hop 256 (5.3 ms)
 ENVELOPE_RANGE_DB = 60.0
+ENVELOPE_PER_OCTAVE = 6  # sixth-octave bands: ViSQOL hears detail a third octave averages away
 ENVELOPE_FLOOR = 1e-8  # band power; a full-scale sine's is ~6.5e4 at n_fft 1024
 
 
@@ -152,14 +153,15 @@ def _fine_structure(
     return detail - detail.mean(-1, keepdim=True), power.sum(1)
 
 
-def third_octave_bands(
-    n_fft: int, sample_rate: int = SAMPLE_RATE, f_lo: float = 50.0
+def octave_bands(
+    n_fft: int, sample_rate: int = SAMPLE_RATE, per_octave: int = 3, f_lo: float = 50.0
 ) -> torch.Tensor:
-    """[n_fft / 2 + 1, bands] 0/1 matrix: the bins from ``f_lo`` to sr / 2 in third-octave bands
-    (edges f_lo 2^(k/3), rounded to bins; a band narrower than a bin merges into the next)."""
+    """[n_fft / 2 + 1, bands] 0/1 matrix: the bins from ``f_lo`` to sr / 2 in bands of
+    1 / ``per_octave`` octave (edges f_lo 2^(k / per_octave), rounded to bins; a band narrower
+    than a bin merges into the next)."""
     nyquist_bin = n_fft // 2
-    count = math.ceil(3 * math.log2(sample_rate / 2 / f_lo))
-    edges = [round(f_lo * 2 ** (k / 3) * n_fft / sample_rate) for k in range(count + 1)]
+    count = math.ceil(per_octave * math.log2(sample_rate / 2 / f_lo))
+    edges = [round(f_lo * 2 ** (k / per_octave) * n_fft / sample_rate) for k in range(count + 1)]
     edges = sorted({max(1, min(e, nyquist_bin + 1)) for e in edges} | {nyquist_bin + 1})
     bands = torch.zeros(nyquist_bin + 1, len(edges) - 1)
     for j, (lo, hi) in enumerate(itertools.pairwise(edges)):
@@ -173,22 +175,24 @@ def envelope_distance(
     sample_rate: int = SAMPLE_RATE,
     n_fft: int = ENVELOPE_N_FFT,
     range_db: float = ENVELOPE_RANGE_DB,
+    per_octave: int = ENVELOPE_PER_OCTAVE,
 ) -> torch.Tensor:
-    """Mean absolute dB difference of third-octave band energies per frame: [..., T] -> [...].
+    """Mean absolute dB difference of band energies per frame: [..., T] -> [...].
 
     STFT (periodic Hann ``n_fft``, hop n_fft / 4, no centring), power summed in the bands of
-    :func:`third_octave_bands`, 10 log10(P + floor) with the floor ``range_db`` below the
-    reference's loudest band-frame (at least ENVELOPE_FLOOR); every band and frame counts alike,
-    as in ViSQOL's dB spectrogram. The time-varying spectral envelope: a decoder that gets it
-    wrong scores near ViSQOL's floor whatever its phase and fine structure (docs/quality.md).
-    Differentiable (the training loss ``loss.envelope``). Signals shorter than ``n_fft`` give NaN.
+    :func:`octave_bands` (1 / ``per_octave`` octave), 10 log10(P + floor) with the floor
+    ``range_db`` below the reference's loudest band-frame (at least ENVELOPE_FLOOR); every band
+    and frame counts alike, as in ViSQOL's dB spectrogram. The time-varying spectral envelope
+    at sixth-octave detail: a decoder that gets it wrong scores near ViSQOL's floor whatever
+    its phase (docs/quality.md). Differentiable (the training loss ``loss.envelope``).
+    Signals shorter than ``n_fft`` give NaN.
     """
     dtype = torch.promote_types(reference.dtype, torch.float32)
     r, e = reference.to(dtype), estimate.to(dtype)
     lead = r.shape[:-1]
     if r.shape[-1] < n_fft:
         return torch.full(lead, float("nan"), dtype=dtype)
-    bands = third_octave_bands(n_fft, sample_rate).to(dtype=dtype, device=r.device)
+    bands = octave_bands(n_fft, sample_rate, per_octave).to(dtype=dtype, device=r.device)
     pr = torch.einsum("nft,fb->nbt", frames_stft(r, n_fft, n_fft // 4).abs().square(), bands)
     pe = torch.einsum("nft,fb->nbt", frames_stft(e, n_fft, n_fft // 4).abs().square(), bands)
     loudest = pr.detach().amax(dim=(1, 2), keepdim=True)

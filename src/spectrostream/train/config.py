@@ -91,9 +91,9 @@ class LossConfig:
     stationary: squared distance of the complex codec STFTs averaged over the frames and the
         batch (an input-independent frame-constant component, which plays as a fixed comb of
         tones), relative to the reference's frame energy.
-    envelope: mean absolute dB difference of third-octave band energies per 21 ms frame
-        (``spectrostream.metrics.envelope_distance``): the time-varying spectral envelope,
-        which decides ViSQOL (docs/training.md, "Round 5").
+    envelope: mean absolute dB difference of band energies per 21 ms frame in bands of
+        1 / ``envelope_per_octave`` octave (``spectrostream.metrics.envelope_distance``): the
+        time-varying spectral envelope, which decides ViSQOL (docs/training.md, "Round 5").
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
@@ -117,6 +117,7 @@ class LossConfig:
     bandcos: float = 0.0
     stationary: float = 0.0
     envelope: float = 0.0
+    envelope_per_octave: int = 6
     logmag: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
@@ -253,6 +254,8 @@ class TrainConfig:
             raise TrainConfigError("loss.mel_scales must be powers of two >= 16")
         if not self.loss.logmag_scales or any(s < 16 for s in self.loss.logmag_scales):
             raise TrainConfigError("loss.logmag_scales must be a non-empty list of sizes >= 16")
+        if not 1 <= self.loss.envelope_per_octave <= 48:
+            raise TrainConfigError("loss.envelope_per_octave must be an integer in 1..48")
         r = self.run
         if min(r.log_every, r.val_every, r.ckpt_every, r.keep_checkpoints) < 1:
             raise TrainConfigError("run: log_every, val_every, ckpt_every, keep_checkpoints >= 1")

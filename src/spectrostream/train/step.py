@@ -176,7 +176,7 @@ class StepRunner:
         if lam["stft/stationary"] > 0:
             losses["stft/stationary"] = stationary_loss(x_ref, y)
         if lam["stft/envelope"] > 0:
-            losses["stft/envelope"] = envelope_loss(x_ref, y)
+            losses["stft/envelope"] = envelope_loss(x_ref, y, lc.envelope_per_octave)
         if lam["stft/logmag"] > 0:
             losses["stft/logmag"] = self.logmag(x_ref, y)
         return losses
