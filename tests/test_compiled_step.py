@@ -2,6 +2,7 @@
 as the eager stream, never a recompile mid-stream, and snapshots that resume bit-exactly."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -109,6 +110,21 @@ def test_eager_and_compiled_pushes_mix(model):
     enc.close(), dec.close()
     assert torch.equal(codes, ref_codes)
     assert (out - ref_out).abs().max() < 1e-5
+
+
+def test_compiled_steps_around_an_eager_push(model):
+    """Compiled one-frame steps, then a two-frame push that runs the layers on the compiled
+    step's state (replacing its buffers), then compiled steps again: equal to the eager
+    stream. The compiled step must not reuse the state it handed over before."""
+    audio = _audio()
+    ref_codes, _, e, d = _run(model, audio, compiled=False)
+    e.close(), d.close()
+    enc = StreamingEncoder(model, compiled=True)
+    bounds = [0, 1, 2, 3, 5, 6, 7, STEPS]  # one frame each, except 3 -> 5
+    with torch.inference_mode():
+        codes = [enc.push(audio[..., a * N : b * N]) for a, b in itertools.pairwise(bounds)]
+    enc.close()
+    assert torch.equal(torch.cat(codes, -1), ref_codes)
 
 
 def test_compiled_int8_stream_matches_eager_int8(model):
