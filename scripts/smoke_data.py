@@ -35,9 +35,10 @@ calibrate_init = true
 
 [loss]  # configs/gpu_round.toml's losses
 balance = true
-bandcos = 0.25
-mel = 0.72
-stationary = 0.03
+bandcos = 0.15
+mel = 0.5
+envelope = 0.25
+stationary = 0.1
 adv_gen = 0.0
 adv_feat = 0.0
 

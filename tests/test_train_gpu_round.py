@@ -43,6 +43,7 @@ def test_gpu_round_smoke(tmp_path):
     assert set(summary["loss_shares"]) == {
         "share/mel/loss",
         "share/stft/bandcos",
+        "share/stft/envelope",
         "share/stft/stationary",
     }
     log = (out / "train.log").read_text()
