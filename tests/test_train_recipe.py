@@ -6,6 +6,7 @@ docs/training.md.
 """
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,11 @@ def test_validation_scores_spot_a_collapsed_latent():
     assert pca_share(rank2, 4) == pytest.approx(1.0, abs=1e-9)
     spread = torch.randn(500, 16)
     assert pca_share(spread, 4) < 0.45
+    # never an exception: a validation number must not stop a run
+    bad = spread.clone()
+    bad[3, 5] = float("nan")
+    assert math.isnan(pca_share(bad, 4))
+    assert math.isnan(pca_share(torch.ones(50, 16), 4))  # no variance
 
 
 def test_calibrated_init_has_no_latent_bias_and_unit_output_gain():
