@@ -47,7 +47,7 @@ _METRICS = (
     ),
     (
         "envelope_db",
-        "Band-envelope distance (dB, third-octave bands per 21 ms frame)",
+        "Band-envelope distance (dB, sixth-octave bands per 21 ms frame)",
         2,
         "lower is better; what ViSQOL hears first",
     ),

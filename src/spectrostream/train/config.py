@@ -23,6 +23,7 @@ from ..config import (
     tiny_config,
 )
 from ..errors import TrainConfigError
+from ..metrics import ENVELOPE_PER_OCTAVE
 
 TRAIN_CONFIG_VERSION = 1
 MODEL_PRESETS = {"official": official_config, "small": small_config, "tiny": tiny_config}
@@ -117,7 +118,7 @@ class LossConfig:
     bandcos: float = 0.0
     stationary: float = 0.0
     envelope: float = 0.0
-    envelope_per_octave: int = 6
+    envelope_per_octave: int = ENVELOPE_PER_OCTAVE
     logmag: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HOP_SAMPLES, N_FFT, SAMPLE_RATE
-from ..metrics import envelope_distance, frames_stft, mel_filterbank
+from ..metrics import ENVELOPE_PER_OCTAVE, envelope_distance, frames_stft, mel_filterbank
 from ..metrics import si_sdr as _si_sdr
 
 
@@ -243,7 +243,9 @@ def stationary_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return diff / (zx.abs().square().mean((0, 2)).sum() + 1e-8)
 
 
-def envelope_loss(x: torch.Tensor, y: torch.Tensor, per_octave: int = 6) -> torch.Tensor:
+def envelope_loss(
+    x: torch.Tensor, y: torch.Tensor, per_octave: int = ENVELOPE_PER_OCTAVE
+) -> torch.Tensor:
     """Mean absolute dB difference of band energies (1 / ``per_octave`` octave) per 21 ms frame
     (the metric ``spectrostream.metrics.envelope_distance``), averaged over the batch and
     channels: the time-varying spectral envelope, which ViSQOL hears first (docs/training.md,
