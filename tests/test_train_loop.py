@@ -154,6 +154,41 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(music, tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in state["generator"].values())
 
 
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss with a poisoned gradient."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def test_a_nan_gradient_drops_one_update_and_training_goes_on(music, tmp_path, monkeypatch, caplog):
+    """A finite loss whose gradient is NaN (band cosine on a crop of digital silence did this
+    once, and the update wrote NaN into every weight) drops that update, counts it, warns, and
+    the run finishes with finite weights."""
+    calls = {"n": 0}
+    real = MultiScaleMelLoss.forward
+
+    def poisoned(self, x, y):
+        calls["n"] += 1
+        return real(self, x, _NanGradient.apply(y) if calls["n"] == 4 else y)
+
+    monkeypatch.setattr(MultiScaleMelLoss, "forward", poisoned)
+    cfg = tiny(music, optim={"max_steps": 8}, run={"ckpt_every": 8, "log_every": 2})
+    with caplog.at_level("WARNING"):
+        result = train(cfg, tmp_path / "run")
+    assert result.step == 8
+    assert "1 update(s) dropped" in caplog.text
+    state = ckpt.load_checkpoint(result.last_checkpoint)
+    assert all(torch.isfinite(v).all() for v in state["generator"].values())
+    skipped = [v for _, v in scalars(tmp_path / "run")["train/skipped_updates"]]
+    assert skipped[0] == 0 and skipped[-1] == 1
+
+
 @pytest.fixture(scope="module")
 def trained_run(music, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"

@@ -16,11 +16,13 @@ from spectrostream.train.losses import (
     MelSpectrogram,
     MultiScaleMelLoss,
     band_cosine_loss,
+    compressed_stft_loss,
     cosine_loss,
     discriminator_hinge,
     envelope_loss,
     feature_matching,
     generator_adversarial,
+    sdr_loss,
     si_sdr,
     stationary_loss,
     stft_l1,
@@ -224,3 +226,32 @@ def test_envelope_loss_is_the_band_envelope_distance_with_bounded_gradients():
     y = (1e-7 * torch.randn_like(x)).requires_grad_()
     envelope_loss(x, y).backward()
     assert torch.isfinite(y.grad).all() and y.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        MultiScaleMelLoss(),
+        LogMagnitudeLoss(),
+        band_cosine_loss,
+        stationary_loss,
+        envelope_loss,
+        cosine_loss,
+        compressed_stft_loss,
+        sdr_loss,
+        stft_l1,
+        waveform_l1,
+    ],
+)
+def test_output_losses_have_finite_gradients_on_a_digitally_silent_reference(loss):
+    """A training batch can hold a crop of exact zeros (the silence redraw gives up after a few
+    tries). Every loss on the decoded audio must still give a finite gradient: band cosine once
+    gave NaN there (sqrt(nx ny) at nx = 0) and the optimizer wrote it into every weight."""
+    torch.manual_seed(4)
+    x = 0.1 * torch.randn(3, 2, 24000)
+    x[1] = 0.0
+    y = (x + 0.01 * torch.randn_like(x)).requires_grad_()
+    value = loss(x, y)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(y.grad).all()
+    assert y.grad[0].abs().max() > 0

@@ -270,7 +270,7 @@ class _Run:
         self.writer: Any = None
         self.bar: Any = None
         self.last_ckpt = ckpt.latest_checkpoint(run_dir) if dinfo.main else None
-        self.read_failures = self.quiet_crops = 0
+        self.read_failures = self.quiet_crops = self.skipped_seen = 0
         self.t_last, self.steps_last = time.perf_counter(), 0
 
     def open_log(self, split: DataSplit, start: int) -> None:
@@ -331,6 +331,14 @@ class _Run:
     def log(self, index: int, step: int) -> None:
         stats = self.runner.read_stats()
         self.runner.check_finite(step, self.run_dir)
+        skipped = int(stats["train/skipped_updates"])
+        if skipped > self.skipped_seen and self.dinfo.main:
+            log.warning(
+                "%d update(s) dropped by step %d: NaN/Inf gradient (train/skipped_updates)",
+                skipped - self.skipped_seen,
+                step,
+            )
+        self.skipped_seen = skipped
         now = time.perf_counter()
         rate = self.steps_last / max(now - self.t_last, 1e-9)
         self.t_last, self.steps_last = now, 0

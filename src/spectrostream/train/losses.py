@@ -222,7 +222,10 @@ def band_cosine_loss(
             dot = (bx * by.conj()).real.sum((1, 2))
             nx = bx.abs().square().sum((1, 2))
             ny = by.abs().square().sum((1, 2))
-            terms.append(1 - dot / (torch.sqrt(nx * ny) + 1e-8))
+            # The epsilon sits inside the root: a band that is exactly silent in the
+            # reference (a crop of digital silence) has nx = 0, and d sqrt(nx ny) / d ny is
+            # then 0 / 0 = NaN, which a step once wrote into every weight.
+            terms.append(1 - dot / torch.sqrt(nx * ny + 1e-16))
             weights.append(nx)
         e = torch.stack(weights)  # [bands, N]
         active = (e > 1e-4 * e.amax(0, keepdim=True)).float()

@@ -5,8 +5,10 @@
              plain weights or gradient shares) -> one backward through the network together
              with the commitment loss -> clip -> Adam step
 
-No host synchronisation in the hot path: losses, norms and the non-finite flag accumulate on
-the device and are read every ``log_every`` steps and before each checkpoint.
+An update whose gradient norm is NaN or Inf is dropped (its gradients zeroed) and counted in
+``train/skipped_updates``; a non-finite loss still stops the run. No host synchronisation in
+the hot path: losses, norms, the skip count and the non-finite flag accumulate on the device
+and are read every ``log_every`` steps and before each checkpoint.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class StepRunner:
         self.logmag = LogMagnitudeLoss(cfg.loss.logmag_scales).to(device)
         self.reset_stats()
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.skipped = torch.zeros((), device=device)  # updates dropped for a NaN/Inf gradient
         self.last_counts: torch.Tensor | None = None
 
     def reset_stats(self) -> None:
@@ -105,6 +108,7 @@ class StepRunner:
         else:
             y.backward(grad_y)
         gn_g = torch.nn.utils.clip_grad_norm_(nets.model.parameters(), self.cfg.optim.grad_clip)
+        self.skipped += drop_nonfinite_gradients(nets.model.parameters(), gn_g)
         nets.opt_g.step()
 
         total = sum(lam[k] * v.detach() for k, v in losses.items())
@@ -136,6 +140,7 @@ class StepRunner:
         nets.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         gn_d = torch.nn.utils.clip_grad_norm_(nets.disc.parameters(), self.cfg.optim.grad_clip)
+        self.skipped += drop_nonfinite_gradients(nets.disc.parameters(), gn_d)
         nets.opt_d.step()
         self._acc("d/loss", d_loss)
         self._acc("grad/disc_norm", gn_d)
@@ -184,8 +189,9 @@ class StepRunner:
     def read_stats(self) -> dict[str, float]:
         """Averages since the last read (one host sync), plus codebook stats of the last step."""
         keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist() if keys else []
-        out = {k: v / max(1, self.n) for k, v in zip(keys, values, strict=True)}
+        values = torch.stack([self.sums[k] for k in keys] + [self.skipped]).cpu().tolist()
+        out = {k: v / max(1, self.n) for k, v in zip(keys, values[:-1], strict=True)}
+        out["train/skipped_updates"] = values[-1]  # since the run (re)started, not averaged
         if self.last_counts is not None:
             usage, ppl = codebook_stats(self.last_counts)
             usage_l, ppl_l = usage.cpu().tolist(), ppl.cpu().tolist()
@@ -203,6 +209,17 @@ class StepRunner:
                 f"non-finite loss (NaN/Inf) detected by step {step}; stopping. "
                 + ckpt.describe_latest(run_dir)
             )
+
+
+def drop_nonfinite_gradients(params, norm: torch.Tensor) -> torch.Tensor:
+    """Zero every gradient of ``params`` when their total ``norm`` is NaN or Inf, so that one
+    bad batch cannot write NaN into the weights (the optimizer then only coasts on its
+    momentum). Returns 1.0 for a dropped update, else 0.0, without a host sync."""
+    bad = ~torch.isfinite(norm)
+    for p in params:
+        if p.grad is not None:
+            p.grad.masked_fill_(bad, 0.0)
+    return bad.float()
 
 
 def lr_scale(o: OptimConfig, step: int) -> float:
