@@ -481,10 +481,10 @@ class Codec:
                 source=source,
             )
 
-    def quantize_int8(self, calibration: Int8Calibration, bits: int | None = None) -> Codec:
+    def quantize_int8(self, calibration: Int8Calibration, weight_bits: int | None = None) -> Codec:
         """Run the convolutions int8 with ``calibration``'s ranges (CPU, float32 codec; one
-        way: load again for float32). ``bits``: 8, or 7 where the CPU lacks VNNI (default:
-        detected). Returns self."""
+        way: load again for float32). ``weight_bits``: 8, or 7 where oneDNN's kernels lack
+        VNNI (default: detected, :func:`spectrostream.int8.default_weight_bits`). Returns self."""
         if calibration.model_id != self.model_id:
             raise ModelError(
                 f"the int8 calibration is for model {calibration.model_id}, this model is "
@@ -494,7 +494,7 @@ class Codec:
             raise UsageError(INT8_WITH_DTYPE)
         check_int8_support(self.device)
         if not self._int8:
-            quantize_int8(self.model, calibration, bits)
+            quantize_int8(self.model, calibration, weight_bits)
             self._int8 = True
         return self
 

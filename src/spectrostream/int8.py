@@ -12,7 +12,10 @@ and the RVQ stay float32. Codes differ from float32: int8 is judged by quality
 (docs/benchmarks.md), not parity.
 
 On CPUs without VNNI the uint8 x int8 products are summed pairwise in int16 (``vpmaddubsw``)
-and can saturate; there the inputs get 7-bit codes (0..127), which cannot.
+and can saturate; there the weights get 7-bit codes (-63..63), so a pair sums to at most
+2 x 255 x 63 = 32130 < 32767 and cannot. (7-bit inputs would also be safe, but cost the shipped
+model 8-10 dB of SNR against float32 where 7-bit weights cost nothing measurable:
+docs/benchmarks.md, "int8 without VNNI".)
 
 :func:`calibrate` runs the float32 model over real music, picks each layer's input range and
 the layers too sensitive for int8 (a per-layer sensitivity search); the result is a small JSON
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +46,18 @@ _SAMPLE_PER_CALL = 1 << 16
 
 
 # ---- what this machine can do -------------------------------------------------------------
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA, older name DNNL_MAX_CPU_ISA) under which its
+# int8 kernels lack VNNI and sum u8 x s8 pairs in int16 (``vpmaddubsw``), as on an AVX2-only CPU.
+_ISAS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS"}
+
+
 def cpu_has_vnni() -> bool:
-    """True where /proc/cpuinfo lists AVX-512 VNNI, AVX-VNNI or AMX-INT8 (Linux x86)."""
+    """True where oneDNN's int8 convolutions will use VNNI: /proc/cpuinfo lists AVX-512 VNNI,
+    AVX-VNNI or AMX-INT8 (Linux x86), and no ONEDNN_MAX_CPU_ISA cap below VNNI is set (such a
+    cap makes oneDNN run its AVX2 kernels, which saturate 8-bit inputs as an AVX2 CPU does)."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(var, "").strip().upper() in _ISAS_WITHOUT_VNNI:
+            return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -56,8 +70,8 @@ def cpu_has_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def default_bits() -> int:
-    """8-bit activations with VNNI, 7-bit without (no int16 saturation)."""
+def default_weight_bits() -> int:
+    """8-bit weights (-127..127) with VNNI, 7-bit (-63..63) without: no int16 saturation."""
     return 8 if cpu_has_vnni() else 7
 
 
@@ -100,22 +114,27 @@ def _affine(lo: float, hi: float, qmax: int) -> tuple[float, int]:
 class Int8Conv2d(nn.Module):
     """A float ``Conv2d``'s int8 twin: float32 in, float32 out, int8 x uint8 inside.
 
-    Weights: per output channel, symmetric, scale max|w| / 127. Input: [lo, hi] onto 0..qmax
-    (255, or 127 for 7-bit), clamped first when 7-bit so nothing exceeds 127.
+    Weights: per output channel, symmetric, scale max|w| / wmax with wmax 127 (8-bit) or 63
+    (7-bit, for CPUs without VNNI). Input: [lo, hi] onto 0..255.
     """
 
-    def __init__(self, conv: nn.Conv2d, in_range: tuple[float, float], bits: int = 8) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, in_range: tuple[float, float], weight_bits: int = 8
+    ) -> None:
         super().__init__()
         if conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError("int8: only plain convolutions (groups 1, zero padding)")
-        self.qmax = (1 << bits) - 1
+        if weight_bits not in (7, 8):
+            raise ValueError(f"int8: weight bits must be 7 or 8, got {weight_bits}")
         self.lo, self.hi = float(min(in_range[0], 0.0)), float(max(in_range[1], 0.0))
-        self.scale, self.zero = _affine(self.lo, self.hi, self.qmax)
+        self.scale, self.zero = _affine(self.lo, self.hi, 255)
+        self.wmax = (1 << (weight_bits - 1)) - 1
         w = conv.weight.detach().float()
-        w_scale = (w.abs().amax((1, 2, 3)) / 127).clamp_min(1e-12)
+        w_scale = (w.abs().amax((1, 2, 3)) / self.wmax).clamp_min(1e-12)
         # Plain attributes, not buffers: an int8 model is not saved (its float weights are gone).
         self.w_scale, self.w_zero = w_scale, torch.zeros(w.shape[0], dtype=torch.long)
-        qw = torch.round(w / w_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+        qw = torch.round(w / w_scale[:, None, None, None]).clamp(-self.wmax, self.wmax)
+        qw = qw.to(torch.int8)
         self.bias = None if conv.bias is None else conv.bias.detach().float().clone()
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation = list(conv.dilation)
@@ -126,11 +145,9 @@ class Int8Conv2d(nn.Module):
         )
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 [B, C, T, F] -> uint8 (values 0..qmax): round(x / scale) + zero, saturated,
-        the values ``torch.quantize_per_tensor`` gives (deprecated upstream), in plain ops that
+        """float32 [B, C, T, F] -> uint8: round(x / scale) + zero, saturated to 0..255, the
+        values ``torch.quantize_per_tensor`` gives (deprecated upstream), in plain ops that
         ``torch.compile`` traces and fuses into the layer before (compiled int8 steps)."""
-        if self.qmax != 255:
-            x = x.clamp(self.lo, self.hi)
         q = torch.round(x * (1.0 / self.scale)) + self.zero
         return q.clamp(0, 255).to(torch.uint8)
 
@@ -194,10 +211,12 @@ class Int8ConvTranspose2d(nn.Module):
     in int8, then the phases interleaved into time and frequency and the padding cropped. Same
     output as the transposed conv (oneDNN's int8 transposed convolution is not used)."""
 
-    def __init__(self, conv: nn.ConvTranspose2d, in_range: tuple[float, float], bits: int = 8):
+    def __init__(
+        self, conv: nn.ConvTranspose2d, in_range: tuple[float, float], weight_bits: int = 8
+    ) -> None:
         super().__init__()
         eq, pad, taps = _phase_conv(conv)
-        self.inner = Int8Conv2d(eq, in_range, bits)
+        self.inner = Int8Conv2d(eq, in_range, weight_bits)
         self.stride, self.cout = tuple(conv.stride), conv.out_channels
         k, p = conv.kernel_size, conv.padding
         # Offset of output 0 in the interleaved phases: s (J - 1 - P) before index p.
@@ -222,10 +241,10 @@ def int8_candidates(model: nn.Module) -> dict[str, CausalConv2d | CausalConvTran
     return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and n not in ALWAYS_FP32}
 
 
-def _int8_twin(conv: nn.Module, in_range: tuple[float, float], bits: int = 8) -> nn.Module:
+def _int8_twin(conv: nn.Module, in_range: tuple[float, float], weight_bits: int) -> nn.Module:
     if isinstance(conv, nn.ConvTranspose2d):
-        return Int8ConvTranspose2d(conv, in_range, bits)
-    return Int8Conv2d(conv, in_range, bits)
+        return Int8ConvTranspose2d(conv, in_range, weight_bits)
+    return Int8Conv2d(conv, in_range, weight_bits)
 
 
 # ---- calibration ----------------------------------------------------------------------------
@@ -359,11 +378,11 @@ def layer_sensitivity(
     layer alone runs int8 with its range; ``model`` is left float32."""
     runner = _PartRunner(model, clips)
     layers = int8_candidates(model)
-    out = {}
+    out, weight_bits = {}, default_weight_bits()
     for name, (lo, hi) in ranges.items():
         m = layers[name]
         conv = m.conv
-        m.conv = _int8_twin(conv, (lo, hi))
+        m.conv = _int8_twin(conv, (lo, hi), weight_bits)
         try:
             out[name] = runner.snr_db(_part(name))
         finally:
@@ -420,16 +439,18 @@ def calibrate(
     return Int8Calibration(model_id, ranges, fp32, source, sensitivity)
 
 
-def quantize_int8(model: nn.Module, calibration: Int8Calibration, bits: int | None = None) -> int:
+def quantize_int8(
+    model: nn.Module, calibration: Int8Calibration, weight_bits: int | None = None
+) -> int:
     """Replace the convs of ``model`` (in place) by int8 twins; returns how many.
 
-    ``bits``: activation bits, 8 or 7 (default: :func:`default_bits`). Ranges were searched for
-    8 bits; 7 bits keeps each range and halves the resolution.
+    ``weight_bits``: 8 (-127..127) or 7 (-63..63; no int16 saturation without VNNI); default
+    :func:`default_weight_bits`. Inputs are always 8-bit.
     """
     check_int8_support(next(model.parameters()).device)
-    bits = default_bits() if bits is None else bits
-    if bits not in (7, 8):
-        raise ValueError(f"int8: activation bits must be 7 or 8, got {bits}")
+    weight_bits = default_weight_bits() if weight_bits is None else weight_bits
+    if weight_bits not in (7, 8):
+        raise ValueError(f"int8: weight bits must be 7 or 8, got {weight_bits}")
     layers = int8_candidates(model)
     missing = sorted(set(layers) - set(calibration.ranges) - set(calibration.fp32_layers))
     if missing:
@@ -438,6 +459,6 @@ def quantize_int8(model: nn.Module, calibration: Int8Calibration, bits: int | No
     for name, m in layers.items():
         if name in calibration.fp32_layers or isinstance(m.conv, Int8Conv2d | Int8ConvTranspose2d):
             continue
-        m.conv = _int8_twin(m.conv, calibration.ranges[name], bits)
+        m.conv = _int8_twin(m.conv, calibration.ranges[name], weight_bits)
         count += 1
     return count
