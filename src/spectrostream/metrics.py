@@ -124,7 +124,10 @@ def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.T
     energy of each bin's time average (the component with the same complex value in every
     frame, which plays as a fixed comb of tones at multiples of sample_rate / hop) over the mean
     frame energy. Music reads about 1 / frames (random phases average out); a decoder that adds
-    an input-independent frame pattern reads more. Signals shorter than ``n_fft`` give NaN.
+    an input-independent frame pattern reads more. Only bins from the comb's first tone
+    (sample_rate / hop, bin n_fft / hop) up count as comb: below it a DC offset is constant in
+    every frame too (one eval clip carries a DC step of -42 dBFS, and a model that kept it read
+    as a comb 17 times v2's). Signals shorter than ``n_fft`` give NaN.
     """
     dtype = torch.promote_types(audio.dtype, torch.float32)
     a = audio.to(dtype)
@@ -132,7 +135,7 @@ def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.T
     if a.shape[-1] < n_fft:
         return torch.full(lead, float("nan"), dtype=dtype)
     spec = frames_stft(a, n_fft, hop)
-    fixed = spec.mean(-1).abs().square().sum(-1)
+    fixed = spec.mean(-1).abs().square()[..., n_fft // hop :].sum(-1)
     total = spec.abs().square().mean(-1).sum(-1)
     return (fixed / total.clamp_min(1e-30)).reshape(lead)
 
