@@ -195,7 +195,8 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     # The stages that made the shipped default (docs/model-card.md) parse and build its network.
     stages = sorted((configs / "default_v1").glob("stage*.toml"))
     stages += sorted((configs / "default_v2").glob("stage*.toml"))
-    assert len(stages) == 6
+    stages += sorted((configs / "default_v3").glob("stage*.toml"))
+    assert len(stages) == 9
     for p in stages:
         assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):
