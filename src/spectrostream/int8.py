@@ -54,7 +54,8 @@ _ISAS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX5
 def cpu_has_vnni() -> bool:
     """True where oneDNN's int8 convolutions will use VNNI: /proc/cpuinfo lists AVX-512 VNNI,
     AVX-VNNI or AMX-INT8 (Linux x86), and no ONEDNN_MAX_CPU_ISA cap below VNNI is set (such a
-    cap makes oneDNN run its AVX2 kernels, which saturate 8-bit inputs as an AVX2 CPU does)."""
+    cap makes oneDNN run its AVX2 kernels, whose int16 pair sums can saturate with 8-bit
+    weights, as on an AVX2-only CPU)."""
     for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         if os.environ.get(var, "").strip().upper() in _ISAS_WITHOUT_VNNI:
             return False

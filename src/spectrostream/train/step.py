@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ class StepRunner:
             )
 
 
-def drop_nonfinite_gradients(params, norm: torch.Tensor) -> torch.Tensor:
+def drop_nonfinite_gradients(params: Iterable[torch.Tensor], norm: torch.Tensor) -> torch.Tensor:
     """Zero every gradient of ``params`` when their total ``norm`` is NaN or Inf, so that one
     bad batch cannot write NaN into the weights (the optimizer then only coasts on its
     momentum). Returns 1.0 for a dropped update, else 0.0, without a host sync."""
