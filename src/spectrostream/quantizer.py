@@ -11,7 +11,7 @@ codes) nor on the BLAS's summation order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,31 +62,42 @@ HALF_CPU_RANKING = True
 @dataclass
 class ExactTables:
     """The exact CPU search's tables: ``rows`` [K, D] float32 per level (numpy views of the
-    torch rows), ``max_norm`` = max_k ||c_k|| (and of the float16 copies), ``bound``: a
-    score's float32 rounding error per unit of C^2 + ||x|| C, ``rounding_bound(D + 1)`` (a
-    float32 sum of D + 1 terms, gamma_{D+1}, over a float32 norm, gamma_D, is within it).
+    torch rows), ``norms`` [K] float64 per level: ||c_k|| (the larger of the float32 row's and
+    its float16 copy's), ``bound``: a score's float32 rounding error per unit of
+    ||c_k||^2 + ||x|| ||c_k||, ``rounding_bound(D + 1)`` (a float32 sum of D + 1 terms,
+    gamma_{D+1}, over a float32 norm, gamma_D, is within it).
 
     Ranking (``rank``), one of: ``half``, per level fbgemm float16 packs of -fp16(c_k) with
-    the float32 bias ||c_k||^2, and ``half_error`` = max_k ||c_k - fp16(c_k)||, which adds
-    ||x|| half_error to each score's error; or ``scores``, per level [D+1, K] float32: -c_k as
-    columns over ||c_k||^2, so [x, 1] @ scores = ||c||^2 - x . c in one product."""
+    the float32 bias ||c_k||^2, and ``half_error`` [K] = ||c_k - fp16(c_k)||, which adds
+    ||x|| half_error_k to score k's error; or ``scores``, per level [D+1, K] float32: -c_k as
+    columns over ||c_k||^2, so [x, 1] @ scores = ||c||^2 - x . c in one product.
+
+    Outliers: a trained codebook can hold a few codewords far longer than the rest (default v3:
+    norms near 50 where 99% are below 4-38). A window sized by the longest codeword would send
+    hundreds of ordinary ones to the float64 re-rank every level (a 3x slower stream), so each
+    level's window covers the ordinary codewords (norm <= ``cap``: twice the 90th percentile,
+    at most the longest) and the ``outliers`` get their own, per codeword (v3: 12 at most per
+    level). Which codewords count as outliers changes the speed only, never the codes."""
 
     rows: list[np.ndarray]
-    max_norm: list[float]
+    norms: list[np.ndarray]
     bound: float
     half: list[object] | None = None
-    half_error: list[float] | None = None
+    half_error: list[np.ndarray] | None = None
     scores: list[np.ndarray] | None = None
+    cap: list[tuple[float, float]] = field(default_factory=list)  # (norm, half error) caps
+    outliers: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def build(cls, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> ExactTables:
         tab = cls(
             rows=[r.numpy() for r in rows],
-            max_norm=[math.sqrt(float(n.double().max())) for n in norms],
+            norms=[n.double().sqrt().numpy() for n in norms],
             bound=rounding_bound(rows[0].shape[1] + 1) if rows else 0.0,
         )
         if not (HALF_CPU_RANKING and rows and tab._build_half(rows, norms)):
             tab.scores = [_score_table(r, n) for r, n in zip(rows, norms, strict=True)]
+        tab._split_outliers()
         return tab
 
     def _build_half(self, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> bool:
@@ -100,16 +111,25 @@ class ExactTables:
         for level, (r, n) in enumerate(zip(rows, norms, strict=True)):
             h = r.half().float()  # exact in float16: the pack's conversion changes nothing
             self.half.append(torch.ops.quantized.linear_prepack_fp16(-h, n.contiguous()))
-            self.half_error.append(float((r.double() - h.double()).norm(dim=1).max()))
-            self.max_norm[level] = max(self.max_norm[level], float(h.double().norm(dim=1).max()))
+            self.half_error.append((r.double() - h.double()).norm(dim=1).numpy())
+            self.norms[level] = np.maximum(self.norms[level], h.double().norm(dim=1).numpy())
         x = torch.randn(1, rows[0].shape[1], generator=torch.Generator().manual_seed(0))
         got = self.rank(0, np.ones(x.shape[1] + 1, np.float32), x).astype(np.float64)
         want = (norms[0].double() - rows[0].half().double() @ x[0].double()).numpy()
-        limit = self.bound * (self.max_norm[0] ** 2 + float(x.norm()) * self.max_norm[0])
-        if not np.all(np.abs(got - want) <= limit):
+        c = float(self.norms[0].max())
+        if not np.all(np.abs(got - want) <= self.bound * (c * c + float(x.norm()) * c)):
             self.half = self.half_error = None
             return False
         return True
+
+    def _split_outliers(self) -> None:
+        for level, n in enumerate(self.norms):
+            cap = min(float(n.max()), 2.0 * float(np.quantile(n, 0.9)))
+            out = np.flatnonzero(n > cap)
+            herr = self.half_error[level] if self.half_error is not None else np.zeros_like(n)
+            ordinary = np.delete(herr, out)
+            self.cap.append((cap, float(ordinary.max()) if ordinary.size else 0.0))
+            self.outliers.append(out)
 
     def rank(self, level: int, aug: np.ndarray, x: torch.Tensor | None) -> np.ndarray:
         """Scores ~ ||c_k||^2 - x . c_k (float32) of every codeword k: aug = [x, 1] ([D+1] or
@@ -120,13 +140,21 @@ class ExactTables:
             return out[0] if aug.ndim == 1 else out
         return aug @ self.scores[level]
 
-    def window(self, level: int, x_norm):
-        """How far above the best score the float64-nearest codeword can lie: twice a score's
-        error bound (for the two scores compared), doubled again as a margin for rounding the
-        limit to float32 and for a float32 ||x||."""
-        c = self.max_norm[level]
-        spread = self.half_error[level] * x_norm if self.half_error is not None else 0.0
-        return 4.0 * (self.bound * (c * c + x_norm * c) + spread)
+    def error(self, level: int, x_norm, codes=None):
+        """Bound on the float32 score error of codewords ``codes`` (default: any ordinary one,
+        at the cap) for an input of norm ``x_norm``: bound (c^2 + ||x|| c) + ||x|| half_error."""
+        if codes is None:
+            c, h = self.cap[level]
+        else:
+            c = self.norms[level][codes]
+            h = 0.0 if self.half_error is None else self.half_error[level][codes]
+        return self.bound * (c * c + x_norm * c) + h * x_norm
+
+    def window(self, level: int, x_norm, best, codes=None):
+        """How far above the best score (codeword ``best``) the float64-nearest codeword can
+        lie among ``codes`` (default: the ordinary ones): the two scores' error bounds added,
+        doubled as a margin for rounding the limit to float32 and for a float32 ||x||."""
+        return 2.0 * (self.error(level, x_norm, best) + self.error(level, x_norm, codes))
 
 
 def _score_table(rows: torch.Tensor, norms: torch.Tensor) -> np.ndarray:
@@ -285,8 +313,13 @@ def exact_search(
         approx = tab.rank(level, aug, xt)  # [M, K]
         best = approx.argmin(1)
         x_norm = np.sqrt(np.einsum("md,md->m", x, x, dtype=np.float64))
-        limit = approx[frames, best] + tab.window(level, x_norm)
+        top = approx[frames, best].astype(np.float64)
+        limit = top + tab.window(level, x_norm, best)
         close = approx <= limit[:, None].astype(np.float32)
+        out = tab.outliers[level]
+        if out.size:
+            own = top[:, None] + tab.window(level, x_norm[:, None], best[:, None], out)
+            close[:, out] = approx[:, out] <= own.astype(np.float32)
         for j in np.flatnonzero(np.count_nonzero(close, 1) > 1):
             best[j] = _rerank(x[j], tab.rows[level], np.flatnonzero(close[j]))
         codes[:, level] = best
@@ -312,17 +345,32 @@ def _search_frame(
         best = int(approx.argmin())
         top = approx[best]
         # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
-        limit = np.float32(float(top) + tab.window(level, math.sqrt(float(x @ x))))
+        x_norm = math.sqrt(float(x @ x))
+        limit = np.float32(float(top) + tab.window(level, x_norm, best))
         approx[best] = np.inf  # the runner-up decides whether any other codeword is close
-        if approx.min() <= limit:
+        close = _outliers_close(tab, level, approx, float(top), x_norm, best)
+        if approx.min() <= limit or close.size:
             approx[best] = top
-            best = _rerank(x, tab.rows[level], np.flatnonzero(approx <= limit))
+            near = np.union1d(np.flatnonzero(approx <= limit), close)
+            best = _rerank(x, tab.rows[level], np.union1d(near, [best]))
         codes[0, level] = best
         chosen = tab.rows[level][best]
         x -= 2.0 * chosen
         if total is not None:
             total += chosen
     return codes, total
+
+
+def _outliers_close(
+    tab: ExactTables, level: int, approx: np.ndarray, top: float, x_norm: float, best: int
+) -> np.ndarray:
+    """The outlier codewords of ``level`` (not ``best``) whose scores lie within their own
+    window of the best; ``approx`` [K] has inf at ``best``."""
+    out = tab.outliers[level]
+    if not out.size:
+        return out
+    own = (top + tab.window(level, x_norm, best, out)).astype(np.float32)
+    return out[approx[out] <= own]
 
 
 def _rerank(twice: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> int:
