@@ -188,3 +188,19 @@ def test_long_outlier_codewords_keep_the_window_of_the_others(ranking, monkeypat
         counts.append(sum(reranked))
     assert all(o.size == 3 for o in tab.outliers) and max(c for c, _ in tab.cap) < 60.0
     assert counts[1] <= counts[0] + emb.shape[-1] * levels  # at most the outliers' own checks
+
+
+def test_outliers_far_is_a_sound_shortcut():
+    """The scalar test that skips the outliers' own check: true for an ordinary input, false
+    for one that points at an outlier (whose score then does come near the best)."""
+    g = torch.Generator().manual_seed(6)
+    books = torch.randn(1, 256, 32, generator=g)
+    books[0, :2] = torch.nn.functional.normalize(books[0, :2], dim=-1) * 60.0
+    q = ResidualVQ(1, 256, 32)
+    q.codebooks.copy_(books)
+    tab = q.search_tables().exact
+    for x, far in ((torch.randn(32, generator=g), True), (2.0 * books[0, 0], False)):
+        aug = np.append(x.numpy(), np.float32(1.0)).astype(np.float32)
+        approx = tab.rank(0, aug, x[None].contiguous())
+        best = int(approx.argmin())
+        assert tab.outliers_far(0, float(x.norm()), best, float(approx[best])) == far

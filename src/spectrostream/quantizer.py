@@ -87,6 +87,9 @@ class ExactTables:
     scores: list[np.ndarray] | None = None
     cap: list[tuple[float, float]] = field(default_factory=list)  # (norm, half error) caps
     outliers: list[np.ndarray] = field(default_factory=list)
+    # per level: (the shortest outlier's float32 norm, the longest's norm, their largest half
+    # error), for a scalar test that no outlier can come near (``outliers_far``)
+    outlier_span: list[tuple[float, float, float]] = field(default_factory=list)
 
     @classmethod
     def build(cls, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> ExactTables:
@@ -130,6 +133,25 @@ class ExactTables:
             ordinary = np.delete(herr, out)
             self.cap.append((cap, float(ordinary.max()) if ordinary.size else 0.0))
             self.outliers.append(out)
+            if out.size:
+                exact = np.sqrt((self.rows[level][out].astype(np.float64) ** 2).sum(1))
+                span = (float(exact.min()), float(n[out].max()), float(herr[out].max()))
+            else:
+                span = (0.0, 0.0, 0.0)
+            self.outlier_span.append(span)
+
+    def outliers_far(self, level: int, x_norm: float, best: int, top: float) -> bool:
+        """True when no outlier codeword of ``level`` can lie within its window of the best
+        score ``top`` (codeword ``best``), from norms alone: an outlier's exact score
+        ||c||^2 - x . c is at least ||c||^2 - ||x|| ||c|| (Cauchy-Schwarz), which grows with
+        ||c|| beyond ||x|| / 2, and its float32 score errs by at most its error bound."""
+        low, high, herr = self.outlier_span[level]
+        if low <= x_norm / 2:
+            return False
+        err = self.bound * (high * high + x_norm * high) + herr * x_norm
+        floor = low * low - x_norm * low - err
+        limit = top + 2.0 * (float(self.error(level, x_norm, best)) + err)
+        return floor > limit + 1e-6 * abs(limit)
 
     def rank(self, level: int, aug: np.ndarray, x: torch.Tensor | None) -> np.ndarray:
         """Scores ~ ||c_k||^2 - x . c_k (float32) of every codeword k: aug = [x, 1] ([D+1] or
@@ -367,8 +389,8 @@ def _outliers_close(
     """The outlier codewords of ``level`` (not ``best``) whose scores lie within their own
     window of the best; ``approx`` [K] has inf at ``best``."""
     out = tab.outliers[level]
-    if not out.size:
-        return out
+    if not out.size or tab.outliers_far(level, x_norm, best, top):
+        return out[:0]
     own = (top + tab.window(level, x_norm, best, out)).astype(np.float32)
     return out[approx[out] <= own]
 
