@@ -2,6 +2,9 @@
 shipped model's int8 round trip stays close to float32 on real music (judged by SNR, not
 parity), the calibration file round-trips, and every unsupported case is a one-line error."""
 
+import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -264,10 +267,6 @@ def test_int8_on_onednn_avx2_kernels_equals_vnni_with_seven_bit_weights():
     AVX2-only CPU) picks 7-bit weights, whose int16 pair sums cannot saturate, so its decoder
     equals the VNNI kernel's with the same weights (this process) up to float rounding, and
     stays close to float32. (Measured with 8-bit weights instead: 29.8 dB apart, saturation.)"""
-    import os
-    import subprocess
-    import sys
-
     x = clip("moonlight.flac", 2.0, start=2.0)
     fp = load()
     codes = fp.encode(x, 48000, kbps=16)

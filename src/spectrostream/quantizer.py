@@ -373,8 +373,8 @@ def _search_frame(
         close = _outliers_close(tab, level, approx, float(top), x_norm, best)
         if approx.min() <= limit or close.size:
             approx[best] = top
-            near = np.union1d(np.flatnonzero(approx <= limit), close)
-            best = _rerank(x, tab.rows[level], np.union1d(near, [best]))
+            # best is among them: top <= limit
+            best = _rerank(x, tab.rows[level], np.union1d(np.flatnonzero(approx <= limit), close))
         codes[0, level] = best
         chosen = tab.rows[level][best]
         x -= 2.0 * chosen
