@@ -128,6 +128,25 @@ def test_dead_codes_are_restarted_from_batch_residuals():
     torch.testing.assert_close(t.embed_sum[0, 1:], restarted * uniform)
 
 
+def test_sparse_and_dense_restarts_agree():
+    """The CPU's by-index restart and the GPU's by-mask one leave the same state."""
+    states = []
+    for dense in (False, True):
+        torch.manual_seed(0)
+        t = _trainer(q=3, k=32, d=4, dead_code_fraction=0.8, dropout="uniform", ema_decay=0.5)
+        if dense:
+            t._restart_sparse = t._restart_dense
+        cb = torch.zeros(3, 32, 4)
+        emb = torch.randn(2, 4, 24)
+        for _ in range(4):  # k-means, then steps that restart codes the batch did not use
+            t(emb, cb)
+        states.append((cb, t.cluster_size.clone(), t.embed_sum.clone()))
+    restarted = states[0][1] == 48 / 32  # usage reset to uniform on the last step
+    assert restarted.any() and not restarted.all()
+    for a, b in zip(*states, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_straight_through_and_bypass():
     torch.manual_seed(0)
     t = _trainer(q=2, k=8, d=4, bypass_rate=1.0)
