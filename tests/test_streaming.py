@@ -237,3 +237,32 @@ def test_fold_time_gives_the_conv_frames_as_channels():
     y = torch.nn.functional.conv2d(x, wf, bf, padding=(0, 3))
     assert wf.shape == (8, 16, 10, 7) and y.shape == (2, 8, 1, 48)
     assert torch.allclose(y.reshape(2, 2, 4, 48), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_long_windows_fold_by_eight_with_the_plain_convs_values_and_gradients(weight_norm):
+    """A 2-channel output conv over 64 frames (training, offline) runs as 8 folded frames at
+    time stride 8: same output and same gradients (input, weight, bias) as the plain conv."""
+    from spectrostream.layers import FOLD_MAX_FRAMES, CausalConv2d
+
+    torch.manual_seed(4)
+    layer = CausalConv2d(16, 2, (7, 7), weight_norm=weight_norm)
+    x = torch.randn(2, 16, 64, 40, requires_grad=True)
+    assert layer._fold_frames(x, 64) == FOLD_MAX_FRAMES
+    assert layer._fold_frames(x, 60) == 1  # not a multiple: the plain conv
+    g = torch.randn(2, 2, 64, 40)
+    results = []
+    for fold in (True, False):
+        layer.zero_grad()
+        x.grad = None
+        if not fold:
+            layer._fold_frames = lambda buf, n: 1
+        y = layer(x)  # offline: the window starts with the causal zero frames
+        y.backward(g)
+        grads = [p.grad.clone() for p in layer.parameters()]
+        results.append((y.detach(), x.grad.clone(), *grads))
+    for a, b in zip(*results, strict=True):  # other summation orders
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    del layer._fold_frames
+    with torch.no_grad():  # inference: the folded weight cached (without weight norm)
+        torch.testing.assert_close(layer(x), results[0][0], rtol=1e-4, atol=1e-4)
