@@ -8,6 +8,8 @@ against the device's dense bf16 peak (table below, or --peak-tflops).
 
     python bench/train_speed.py                      # official config, batch 16/32/64
     python bench/train_speed.py --batch 1 --steps 2  # CPU smoke test
+    OMP_NUM_THREADS=1 python bench/train_speed.py --config configs/cpu_default.toml --batch 4 \
+        --fp32 --start-step 20000 [--compile]      # the CPU recipe's steps, RVQ stage
 Prints one JSON object per batch size and markdown rows at the end.
 """
 
@@ -90,6 +92,7 @@ def run_one(
     device: torch.device,
     peak: float | None,
     dev_name: str,
+    start: int = 0,
 ) -> Result:
     cfg = cfg.with_(data={"batch_size": batch})
     torch.manual_seed(0)
@@ -105,20 +108,21 @@ def run_one(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup):  # includes k-means init on the first step
-        runner.step(x, i)
+        runner.step(x, start + i)
     sync()
     counter = FlopCounterMode(display=False)
     with counter:
-        runner.step(x, warmup)
+        runner.step(x, start + warmup)
     flops = counter.get_total_flops()
     sync()
     t0 = time.perf_counter()
     for i in range(steps):
-        runner.step(x, warmup + 1 + i)
+        runner.step(x, start + warmup + 1 + i)
     sync()
     dt = time.perf_counter() - t0
     runner.read_stats()
-    runner.check_finite(warmup + 1 + steps)
+    if bool(runner.nonfinite):
+        raise RuntimeError(f"non-finite loss by step {start + warmup + 1 + steps}")
     sps = steps / dt
     achieved = flops * sps / 1e12
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -172,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--steps", type=int, default=10, help="timed steps per batch size")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--start-step",
+        type=int,
+        default=0,
+        help="training step the timed steps start from (after quantizer.ae_steps: the RVQ "
+        "stage, with k-means on the first step's batch)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
     p.add_argument(
@@ -200,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for b in args.batch:
         try:
-            r = run_one(cfg, name, b, args.steps, args.warmup, device, peak, dev_name)
+            r = run_one(
+                cfg, name, b, args.steps, args.warmup, device, peak, dev_name, args.start_step
+            )
         except torch.OutOfMemoryError as e:
             r = Result(
                 name,

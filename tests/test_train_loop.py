@@ -1,6 +1,7 @@
 """The training loop end to end on CPU: learning, exact resume, divergence, export, --init, CLI."""
 
 import math
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -306,3 +307,38 @@ def test_zero_adversarial_weights_skip_the_discriminator(music, tmp_path):
     train(cfg, tmp_path / "run")
     s = scalars(tmp_path / "run")
     assert "mel/loss" in s and "d/loss" not in s and "adv/gen" not in s
+
+
+def test_compile_without_a_cpp_compiler_warns_and_trains_eager(monkeypatch, caplog):
+    """run.compile on a CPU with no C++ compiler: one warning, eager networks (no crash at the
+    first step); with a compiler, or on a GPU, it compiles."""
+    from spectrostream.train import nets
+    from spectrostream.train.distributed import DistInfo
+
+    cfg = TrainConfig.from_toml(CONFIGS / "tiny.toml").with_(run={"compile": True})
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr(nets.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING", logger=nets.__name__):
+        built = nets.build_nets(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert "no C++ compiler" in caplog.text
+    assert built.model.encoder._compiled_call_impl is None
+    assert nets._can_compile(torch.device("cuda"))
+    monkeypatch.setattr(nets.shutil, "which", lambda name: "/usr/bin/" + name)
+    built = nets.build_nets(cfg, DistInfo(0, 1, 0, torch.device("cpu")))  # compiles lazily
+    assert built.model.encoder._compiled_call_impl is not None
+
+
+def test_train_speed_bench_runs_a_quantized_step(capsys, monkeypatch):
+    """bench/train_speed.py (smoke): one timed step of the RVQ stage on the CPU."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+    spec = importlib.util.spec_from_file_location("train_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_speed", bench)  # for its dataclass
+    spec.loader.exec_module(bench)
+    args = ["--config", str(CONFIGS / "tiny.toml"), "--batch", "1", "--steps", "1"]
+    args += ["--warmup", "1", "--device", "cpu", "--fp32", "--start-step", "100000"]
+    assert bench.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and '"steps_per_s": 0' not in rows[0]

@@ -3,6 +3,9 @@ their optimizers; ``GeneratorStep`` is the unit DDP wraps."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,22 @@ from .discriminators import MultiScaleSTFTDiscriminator
 from .distributed import DistInfo
 from .init import calibrate
 from .rvq import QuantizerTrainer, RVQOutput
+
+log = logging.getLogger(__name__)
+
+
+def _can_compile(dev: torch.device) -> bool:
+    """inductor needs a C++ compiler for CPU kernels: without one, say so and run eager
+    (same results) instead of failing at the first step."""
+    if dev.type != "cpu":
+        return True
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if any(n and shutil.which(n) for n in names):
+        return True
+    log.warning(
+        "run.compile: no C++ compiler found (inductor needs one on the CPU); training uncompiled"
+    )
+    return False
 
 
 class GeneratorStep(nn.Module):
@@ -121,7 +140,7 @@ def build_nets(cfg: TrainConfig, dinfo: DistInfo, init: str | None = None) -> Ne
     if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
         disc.to(memory_format=torch.channels_last)
-    if cfg.run.compile:
+    if cfg.run.compile and _can_compile(dev):
         # Six discriminators share one code object and run with and without parameter grads:
         # allow that many specializations instead of falling back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
