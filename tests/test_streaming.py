@@ -266,3 +266,19 @@ def test_long_windows_fold_by_eight_with_the_plain_convs_values_and_gradients(we
     del layer._fold_frames
     with torch.no_grad():  # inference: the folded weight cached (without weight norm)
         torch.testing.assert_close(layer(x), results[0][0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_hooked_conv_is_not_folded():
+    """Observers (int8 calibration's pre-hooks, the init calibration's forward hooks) must see
+    the conv run: with a hook on it the layer runs the plain conv."""
+    from spectrostream.layers import CausalConv2d
+
+    layer = CausalConv2d(16, 2, (7, 7))
+    x = torch.randn(1, 16, 64, 24)
+    seen = []
+    handle = layer.conv.register_forward_hook(lambda m, i, out: seen.append(out.shape))
+    assert layer._fold_frames(x, 64) == 1
+    y = layer(x)
+    handle.remove()
+    assert seen == [y.shape]
+    assert layer._fold_frames(x, 64) == 8
