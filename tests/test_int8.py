@@ -120,6 +120,13 @@ def test_load_int8_replaces_layers_and_streams_like_offline(tiny, tiny_calibrati
         ref_audio = m.decode(ref_codes)
     assert torch.equal(codes, ref_codes)
     assert (audio - ref_audio).abs().max() < 1e-5
+    n = torch.get_num_threads()
+    try:  # the tower split shares the packed int8 weights with its twin
+        with torch.inference_mode(), StreamingEncoder(m, split_towers=True) as enc:
+            parts = [enc.push(x[..., i : i + 1000]) for i in range(0, x.shape[-1], 1000)]
+            assert torch.equal(torch.cat([*parts, enc.flush()], -1), ref_codes)
+    finally:
+        torch.set_num_threads(n)
     with pytest.raises(UsageError, match="not saved"):
         codec.save(path.with_name("x.safetensors"))
     with pytest.raises(UsageError, match="float dtype"):

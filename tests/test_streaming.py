@@ -282,3 +282,50 @@ def test_a_hooked_conv_is_not_folded():
     handle.remove()
     assert seen == [y.shape]
     assert layer._fold_frames(x, 64) == 8
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_split_towers_stream_equals_one_thread(model, batch):
+    """split_towers=True (channel 1's towers in a worker thread) gives the same codes and
+    audio as the one-thread stream, for 40 ms and odd chunks, in batches; its snapshot holds
+    the twin's state and restores bit-exactly."""
+    n = torch.get_num_threads()
+    x = torch.cat([_audio(1.1, seed=8 + b) for b in range(batch)])
+    sizes = _chunks(x.shape[-1], "random", seed=4)
+    try:
+        with torch.no_grad():
+            ref = model.encode(x)
+            ref_audio = model.decode(ref)
+            with StreamingEncoder(model, split_towers=True) as enc:
+                head, pos = _push_all(enc, x, sizes[:5])
+                snap = enc.get_state()
+                assert "split_towers" in snap
+                more, _ = _push_all(enc, x[..., pos:], sizes[5:])
+                enc.set_state(snap)
+                again, _ = _push_all(enc, x[..., pos:], sizes[5:])
+                codes = torch.cat([*head, *again, enc.flush()], -1)
+            with StreamingDecoder(model, split_towers=True) as dec:
+                audio = torch.cat(
+                    [dec.push(codes[..., j : j + 1]) for j in range(codes.shape[-1])], -1
+                )
+            pool = enc._split._pool
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(a, b) for a, b in zip(more, again, strict=True))
+    assert torch.equal(codes, ref)
+    assert (audio - ref_audio).abs().max() < 1e-5
+    assert pool._shutdown  # closing the stream stops its worker
+
+
+def test_split_towers_refuses_what_it_cannot_do(model):
+    from spectrostream.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot be combined"):
+        StreamingEncoder(model, split_towers=True, compiled=True)
+    mono = SpectroStream(tiny_config(num_levels=2, codebook_size=4, audio_channels=1))
+    with pytest.raises(UsageError, match="stereo"):
+        StreamingDecoder(mono, split_towers=True)
+    with StreamingEncoder(model, split_towers=True) as enc:
+        snap = enc.get_state()
+    with StreamingEncoder(model) as enc, pytest.raises(UsageError, match="not a streaming"):
+        enc.set_state(snap)  # a split stream's state has the twin's part

@@ -6,6 +6,8 @@ Runs jointly at 5 bins up to dec0, then splits the channels (channel 0 = first
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,9 +70,10 @@ class Decoder(nn.Module):
             )
         self.output_layer = OutputLayer(widths[-1], wn)
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        """emb [B, D, N] -> spectrum [B, C, 2, 4 N, 480] (untrimmed)."""
-        x = self.towers(self.joint(emb))  # [B*C, 2, T, 480]
+    def forward(self, emb: torch.Tensor, towers: Callable | None = None) -> torch.Tensor:
+        """emb [B, D, N] -> spectrum [B, C, 2, 4 N, 480] (untrimmed); ``towers`` as in
+        :meth:`Encoder.forward`."""
+        x = (towers or self.towers)(self.joint(emb))  # [B*C, 2, T, 480]
         return x.reshape(emb.shape[0], self.audio_channels, 2, x.shape[2], x.shape[3])
 
     def joint(self, emb: torch.Tensor) -> torch.Tensor:

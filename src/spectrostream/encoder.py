@@ -6,6 +6,8 @@ Runs per audio channel with shared weights (channels folded into the batch) down
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,12 +50,13 @@ class Encoder(nn.Module):
         self.bottleneck = ResidualUnit(cfg.fused_channels, wn)
         self.output_convs = EncoderHead(LATENT_BINS * cfg.fused_channels, cfg.embedding_dim, wn)
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        """spec [B, C, 2, T, 480] -> [B, D, T / 4]."""
+    def forward(self, spec: torch.Tensor, towers: Callable | None = None) -> torch.Tensor:
+        """spec [B, C, 2, T, 480] -> [B, D, T / 4]; ``towers`` runs the per-channel layers in
+        place of :meth:`towers` (a stream's :class:`~spectrostream.model.TowerSplit`)."""
         b, c, _, t, bins = spec.shape
         if c != self.audio_channels:
             raise ValueError(f"encoder expects {self.audio_channels} audio channels, got {c}")
-        return self.joint(self.towers(spec.reshape(b * c, 2, t, bins)), b)
+        return self.joint((towers or self.towers)(spec.reshape(b * c, 2, t, bins)), b)
 
     def towers(self, x: torch.Tensor) -> torch.Tensor:
         """Per audio channel (channels in the batch, shared weights): [B*C, 2, T, 480] ->

@@ -5,6 +5,9 @@ Offline and streaming share one code path: offline is a stream fed a single chun
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -84,9 +87,12 @@ class _Stream:
 
     kind = "stream"
 
-    def __init__(self, parts: dict[str, nn.Module]) -> None:
+    def __init__(self, parts: dict[str, nn.Module], split: TowerSplit | None = None) -> None:
         if any(is_streaming(m) for m in parts.values()):
             raise RuntimeError(f"this model already has an open streaming {self.kind}")
+        self._split = split
+        if split is not None:  # the twin's layers hold channel 1's state: part of the stream
+            parts = {**parts, "split_towers": split.twin}
         self._parts = parts
         for m in parts.values():
             set_streaming(m, True)
@@ -100,6 +106,8 @@ class _Stream:
         if not self.closed:
             for m in self._parts.values():
                 set_streaming(m, False)
+            if self._split is not None:
+                self._split.close()
             self.closed = True
 
     def reset(self) -> None:
@@ -128,6 +136,66 @@ class _Stream:
         self.close()
 
 
+class TowerSplit:
+    """A stereo stream's second tower in a worker thread: the per-channel layers of audio
+    channel 1 (:meth:`Encoder.towers` / :meth:`Decoder.towers`) run on a twin of the part (the
+    same weight tensors, its own streaming state) in one worker of one intra-op thread, while
+    this thread runs channel 0's; the joint layers, RVQ, STFT and iSTFT stay here.
+
+    For one stream on two idle cores: the official model's step took 29-31 ms split against
+    37 ms on two intra-op threads and 42 ms on one (docs/benchmarks.md). On a loaded machine
+    it gains nothing, and the shipped default's towers are too small a part of its step."""
+
+    def __init__(self, part: nn.Module) -> None:
+        # Every tensor a layer holds is shared (weights, buffers, an int8 layer's packed
+        # weights, which cannot be copied anyway); the streaming states are None while no
+        # stream is open, so the twin starts fresh.
+        shared = {id(t): t for m in part.modules() for t in _tensors(vars(m))}
+        self.part, self.twin = part, copy.deepcopy(part, memo=shared)
+        self._pool = ThreadPoolExecutor(1, "spectrostream-tower", torch.set_num_threads, (1,))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B*2, ...] (rows: batch, then channel) -> the towers' output, same row order."""
+        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        job = self._pool.submit(self._twin_towers, x[1::2], modes)
+        try:
+            y0 = self.part.towers(x[0::2])
+        finally:
+            y1 = job.result()
+        return torch.stack([y0, y1], 1).flatten(0, 1)
+
+    def _twin_towers(self, x: torch.Tensor, modes: tuple[bool, bool]) -> torch.Tensor:
+        with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):
+            return self.twin.towers(x)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _tensors(obj: object) -> Iterator[torch.Tensor]:
+    """The tensors in ``obj``, looking into dicts, lists and tuples (a module's attributes)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _tower_split(model: SpectroStream, part: str, split: bool, compiled: bool):
+    """``split_towers=True``: a :class:`TowerSplit` of ``part`` (stereo models, not compiled)."""
+    if not split:
+        return None
+    if compiled:
+        raise UsageError("split_towers=True and compiled=True cannot be combined")
+    if model.config.audio_channels != 2:
+        raise UsageError("split_towers=True needs a stereo model")
+    torch.set_num_threads(1)  # one intra-op thread here, one in the worker: a tower each
+    return TowerSplit(getattr(model, part))
+
+
 class StreamingEncoder(_Stream):
     """Audio chunks of any size in, codes out as soon as their input has arrived.
 
@@ -138,20 +206,27 @@ class StreamingEncoder(_Stream):
     ``model.encode(all_audio)``. The network only ever sees whole code frames (groups of four
     STFT frames; the rest waits in a buffer), so a stream of 40 ms chunks runs it with the same
     shapes at every step, those of :class:`spectrostream.step.NetworkStep`.
+    ``split_towers=True``: the second audio channel's towers in a worker thread
+    (:class:`TowerSplit`).
     """
 
     kind = "encoder"
 
     def __init__(
-        self, model: SpectroStream, levels: int | None = None, compiled: bool = False
+        self,
+        model: SpectroStream,
+        levels: int | None = None,
+        compiled: bool = False,
+        split_towers: bool = False,
     ) -> None:
         q = model.config.num_levels
         if levels is not None and (
             isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= q
         ):
             raise UsageError(f"levels must be an integer in 1..{q} or None, got {levels!r}")
+        split = _tower_split(model, "encoder", split_towers, compiled)
         self._step = _compiled_step(model, "encoder", compiled)
-        super().__init__({"stft": model.stft, "encoder": model.encoder})
+        super().__init__({"stft": model.stft, "encoder": model.encoder}, split)
         self.model, self.levels = model, levels
         self.samples_in = 0
         self._frames: FrameBuffer | None = None  # STFT frames of an incomplete code frame
@@ -188,7 +263,7 @@ class StreamingEncoder(_Stream):
         if self._step is not None and tuple(whole.shape) == self._step.example_shape:
             emb = self._step(whole)
         else:
-            emb = self.model.encoder(whole)
+            emb = self.model.encoder(whole, self._split)
         if self._frames is not None:
             self._frames.consume(whole.shape[3])
             if self._frames.fill == 0:
@@ -231,13 +306,18 @@ class StreamingDecoder(_Stream):
     The first code frame only primes the look-ahead, so N frames give (N - 1) * 1920 samples,
     equal to ``model.decode`` of the same codes. ``compiled=True``: one-frame pushes (batch 1)
     run the decoder network through :class:`spectrostream.step.CompiledStep`.
+    ``split_towers=True`` as for :class:`StreamingEncoder`.
     """
 
     kind = "decoder"
 
-    def __init__(self, model: SpectroStream, compiled: bool = False) -> None:
+    def __init__(
+        self, model: SpectroStream, compiled: bool = False, split_towers: bool = False
+    ) -> None:
+        split = _tower_split(model, "decoder", split_towers, compiled)
         self._step = _compiled_step(model, "decoder", compiled)
-        super().__init__({"decoder": model.decoder, "trim": model.trim, "istft": model.istft})
+        parts = {"decoder": model.decoder, "trim": model.trim, "istft": model.istft}
+        super().__init__(parts, split)
         self.model = model
         self.batch: int | None = None  # fixed by the first push
 
@@ -245,7 +325,7 @@ class StreamingDecoder(_Stream):
         self._check_open()
         if self._step is not None and tuple(emb.shape) == self._step.example_shape:
             return self.model.istft(self.model.trim(self._step(emb)))
-        return self.model.decode_embeddings(emb)
+        return self.model.istft(self.model.trim(self.model.decoder(emb, self._split)))
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call). A rejected
