@@ -184,9 +184,7 @@ def _tensors(obj: object) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def _tower_split(
-    model: SpectroStream, part: str, split: bool, compiled: bool
-) -> TowerSplit | None:
+def _tower_split(model: SpectroStream, part: str, split: bool, compiled: bool) -> TowerSplit | None:
     """``split_towers=True``: a :class:`TowerSplit` of ``part`` (stereo models, not compiled)."""
     if not split:
         return None
