@@ -329,3 +329,21 @@ def test_split_towers_refuses_what_it_cannot_do(model):
         snap = enc.get_state()
     with StreamingEncoder(model) as enc, pytest.raises(UsageError, match="not a streaming"):
         enc.set_state(snap)  # a split stream's state has the twin's part
+
+
+def test_stream_split_bench_runs(monkeypatch):
+    """bench/stream_split.py (smoke): one split stream of the small config, a few steps."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "stream_split.py"
+    spec = importlib.util.spec_from_file_location("stream_split", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "stream_split", bench)
+    spec.loader.exec_module(bench)
+    n = torch.get_num_threads()
+    try:
+        assert bench.run_one("small", 2, True, None) > 0
+    finally:
+        torch.set_num_threads(n)
