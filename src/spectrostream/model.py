@@ -140,7 +140,8 @@ class TowerSplit:
     """A stereo stream's second tower in a worker thread: the per-channel layers of audio
     channel 1 (:meth:`Encoder.towers` / :meth:`Decoder.towers`) run on a twin of the part (the
     same weight tensors, its own streaming state) in one worker of one intra-op thread, while
-    this thread runs channel 0's; the joint layers, RVQ, STFT and iSTFT stay here.
+    this thread runs channel 0's; the joint layers, RVQ, STFT and iSTFT stay here. Opening
+    such a stream sets torch to one intra-op thread (``torch.set_num_threads(1)``).
 
     For one stream on two idle cores: the official model's step took 29-31 ms split against
     37 ms on two intra-op threads and 42 ms on one (docs/benchmarks.md). On a loaded machine
