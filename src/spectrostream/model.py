@@ -93,6 +93,7 @@ class _Stream:
         self._split = split
         if split is not None:  # the twin's layers hold channel 1's state: part of the stream
             parts = {**parts, "split_towers": split.twin}
+            torch.set_num_threads(1)  # one intra-op thread here, one in the worker: a tower each
         self._parts = parts
         for m in parts.values():
             set_streaming(m, True)
@@ -193,7 +194,6 @@ def _tower_split(model: SpectroStream, part: str, split: bool, compiled: bool) -
         raise UsageError("split_towers=True and compiled=True cannot be combined")
     if model.config.audio_channels != 2:
         raise UsageError("split_towers=True needs a stereo model")
-    torch.set_num_threads(1)  # one intra-op thread here, one in the worker: a tower each
     return TowerSplit(getattr(model, part))
 
 
