@@ -64,3 +64,13 @@ def test_cli_without_model_argument(tmp_path):
     assert dec.returncode == 0, dec.stderr
     y, sr = sf.read(io.BytesIO(dec.stdout))
     assert sr == 44100 and y.shape == x.shape
+
+
+def test_models_listing_states_the_shipped_step_count():
+    # `spectrostream models` describes the default in one line; it must follow each new version.
+    from spectrostream.weights import DEFAULT_MODEL, NAMED_MODELS
+
+    card = json.loads((MODELS_DIR / "default.json").read_text())
+    assert f"trained {card['steps']:,} steps" in NAMED_MODELS[DEFAULT_MODEL].description
+    model_card = (ROOT / "docs" / "model-card.md").read_text()
+    assert f"{card['steps']:,} steps" in model_card and card["model_id"] in model_card
