@@ -1,5 +1,6 @@
 """Training losses and discriminators: values on known inputs, float32 under autocast."""
 
+import functools
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from spectrostream.train.losses import (
     envelope_loss,
     feature_matching,
     generator_adversarial,
+    phase_advance_loss,
     sdr_loss,
     si_sdr,
     stationary_loss,
@@ -143,6 +145,30 @@ def test_band_cosine_weights_octave_bands_equally():
     assert cosine_loss(bass, y).item() < 0.05
 
 
+def test_phase_advance_asks_for_coherent_partials_not_absolute_phase():
+    torch.manual_seed(2)
+    t = torch.arange(48000) / 48000
+
+    def tone(hz: float, phase: float = 0.0) -> torch.Tensor:
+        partials = [torch.sin(2 * math.pi * k * hz * t + k * phase) / k for k in range(1, 9)]
+        return (0.1 * sum(partials)).expand(1, 2, -1)
+
+    x = tone(220.3)
+    for axis in ("time", "freq"):
+        assert phase_advance_loss(x, x, axis).item() == pytest.approx(0.0, abs=1e-5)
+        assert phase_advance_loss(x, -3 * x, axis).item() == pytest.approx(0.0, abs=1e-5)
+    # The same partials with other starting phases: the band cosine calls it far off, the
+    # instantaneous frequency right; partials 4 Hz off (a tenth of a bin) are wrong for it.
+    shifted = tone(220.3, phase=1.3)
+    assert band_cosine_loss(x, shifted).item() > 0.3
+    assert phase_advance_loss(x, shifted).item() < 0.02
+    assert phase_advance_loss(x, tone(224.3)).item() > 0.2
+    noise = 0.1 * torch.randn(1, 2, 48000)
+    assert phase_advance_loss(x, noise).item() > 0.8
+    with pytest.raises(ValueError, match="axis"):
+        phase_advance_loss(x, x, "space")
+
+
 def test_stft_l1_zero_on_identity():
     x = torch.randn(1, 2, 4800)
     assert stft_l1(x, x).item() == 0.0 and stft_l1(x, -x).item() > 0
@@ -234,6 +260,8 @@ def test_envelope_loss_is_the_band_envelope_distance_with_bounded_gradients():
         MultiScaleMelLoss(),
         LogMagnitudeLoss(),
         band_cosine_loss,
+        phase_advance_loss,
+        functools.partial(phase_advance_loss, axis="freq"),
         stationary_loss,
         envelope_loss,
         cosine_loss,

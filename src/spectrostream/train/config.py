@@ -98,6 +98,9 @@ class LossConfig:
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
+    ifreq, gdelay: the band cosine of the codec STFTs' phase advance along time
+        (instantaneous frequency) or along frequency (group delay): coherent partials and
+        transients without the absolute phase (``train.losses.phase_advance_loss``).
     cstft: squared error of the magnitude-compressed complex STFT at the codec's resolution
         (960 / 480), |X|^cstft_power e^(i angle X).
     balance: when true the weights of the losses on the decoded audio are shares of the
@@ -120,6 +123,8 @@ class LossConfig:
     envelope: float = 0.0
     envelope_per_octave: int = ENVELOPE_PER_OCTAVE
     logmag: float = 0.0
+    ifreq: float = 0.0
+    gdelay: float = 0.0
     logmag_scales: tuple[int, ...] = (1024, 2048, 4096)
     cstft: float = 0.0
     cstft_power: float = 0.3
@@ -145,6 +150,8 @@ class LossConfig:
             "stft/bandcos": self.bandcos,
             "stft/stationary": self.stationary,
             "stft/envelope": self.envelope,
+            "stft/ifreq": self.ifreq,
+            "stft/gdelay": self.gdelay,
         }
 
 

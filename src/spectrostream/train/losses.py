@@ -213,24 +213,54 @@ def band_cosine_loss(
     the bass, which holds most of music's energy, does not decide it alone. Bands where the
     reference is silent (below 1e-4 of its loudest band) are left out."""
     with fp32(x.device):
+        return _band_cosine(codec_stft(x), codec_stft(y), edges_hz)
+
+
+def phase_advance_loss(
+    x: torch.Tensor, y: torch.Tensor, axis: str = "time", edges_hz: Sequence[float] = BAND_EDGES_HZ
+) -> torch.Tensor:
+    """The band cosine (``band_cosine_loss``) of the phase-advance fields of the codec STFTs
+    instead of the STFTs: X[t] conj(X[t - 1]) along ``axis = "time"`` (its angle is the
+    instantaneous frequency: where a partial sits within its bin) or X[k] conj(X[k - 1])
+    along ``"freq"`` (the group delay: where a transient sits within its frame). Each field is
+    scaled to the magnitude sqrt(|X[t]| |X[t - 1]|), so its energy is on the STFT's scale.
+
+    It asks for coherent partials and transients without asking for the absolute phase: a
+    constant phase offset per bin (time) or per frame (freq) leaves it unchanged, and so does
+    the level of each band (APCodec's instantaneous-frequency and group-delay terms, as cosines)."""
+    if axis not in ("time", "freq"):
+        raise ValueError(f"axis must be 'time' or 'freq', got {axis!r}")
+    with fp32(x.device):
         zx, zy = codec_stft(x), codec_stft(y)  # [N, 481, frames]
-        hz_per_bin = SAMPLE_RATE / N_FFT
-        terms, weights = [], []
-        for lo, hi in itertools.pairwise(edges_hz):
-            a, b = round(lo / hz_per_bin), round(hi / hz_per_bin) + (hi == edges_hz[-1])
-            bx, by = zx[:, a:b], zy[:, a:b]
-            dot = (bx * by.conj()).real.sum((1, 2))
-            nx = bx.abs().square().sum((1, 2))
-            ny = by.abs().square().sum((1, 2))
-            # The epsilon sits inside the root: a band that is exactly silent in the
-            # reference (a crop of digital silence) has nx = 0, and d sqrt(nx ny) / d ny is
-            # then 0 / 0 = NaN, which a step once wrote into every weight.
-            terms.append(1 - dot / torch.sqrt(nx * ny + 1e-16))
-            weights.append(nx)
-        e = torch.stack(weights)  # [bands, N]
-        active = (e > 1e-4 * e.amax(0, keepdim=True)).float()
-        per_signal = (torch.stack(terms) * active).sum(0) / active.sum(0).clamp_min(1)
-        return per_signal.mean()
+        return _band_cosine(_advance(zx, axis), _advance(zy, axis), edges_hz)
+
+
+def _advance(z: torch.Tensor, axis: str) -> torch.Tensor:
+    d = z[..., 1:] * z[..., :-1].conj() if axis == "time" else z[:, 1:] * z[:, :-1].conj()
+    # |d| with an epsilon inside the root: d = 0 (digital silence) keeps a finite gradient.
+    return d * torch.rsqrt((d.real.square() + d.imag.square() + 1e-24).sqrt())
+
+
+def _band_cosine(zx: torch.Tensor, zy: torch.Tensor, edges_hz: Sequence[float]) -> torch.Tensor:
+    """1 - cos of complex fields [N, bins, frames] per band of ``edges_hz``, bands weighted
+    equally, bands 40 dB below the reference's loudest left out; mean over N."""
+    hz_per_bin = SAMPLE_RATE / N_FFT
+    terms, weights = [], []
+    for lo, hi in itertools.pairwise(edges_hz):
+        a, b = round(lo / hz_per_bin), round(hi / hz_per_bin) + (hi == edges_hz[-1])
+        bx, by = zx[:, a:b], zy[:, a:b]
+        dot = (bx * by.conj()).real.sum((1, 2))
+        nx = bx.abs().square().sum((1, 2))
+        ny = by.abs().square().sum((1, 2))
+        # The epsilon sits inside the root: a band that is exactly silent in the
+        # reference (a crop of digital silence) has nx = 0, and d sqrt(nx ny) / d ny is
+        # then 0 / 0 = NaN, which a step once wrote into every weight.
+        terms.append(1 - dot / torch.sqrt(nx * ny + 1e-16))
+        weights.append(nx)
+    e = torch.stack(weights)  # [bands, N]
+    active = (e > 1e-4 * e.amax(0, keepdim=True)).float()
+    per_signal = (torch.stack(terms) * active).sum(0) / active.sum(0).clamp_min(1)
+    return per_signal.mean()
 
 
 def stationary_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

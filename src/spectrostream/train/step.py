@@ -14,8 +14,9 @@ and are read every ``log_every`` steps and before each checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 from ..errors import DivergedError
 from . import checkpoint as ckpt
 from .balance import output_gradient
-from .config import OptimConfig, TrainConfig
+from .config import LossConfig, OptimConfig, TrainConfig
 from .losses import (
     LogMagnitudeLoss,
     MultiScaleMelLoss,
@@ -35,6 +36,7 @@ from .losses import (
     envelope_loss,
     feature_matching,
     generator_adversarial,
+    phase_advance_loss,
     sdr_loss,
     si_sdr,
     stationary_loss,
@@ -45,11 +47,30 @@ from .nets import Nets
 from .rvq import codebook_stats
 from .stages import stage
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda" and cfg.run.bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _plain_losses(lc: LossConfig, logmag: LogMagnitudeLoss) -> dict[str, LossFn]:
+    """Loss key -> f(reference, output) for the output losses that need nothing else."""
+    return {
+        "aux/stft": stft_l1,
+        "aux/wave": waveform_l1,
+        "wave/sdr": functools.partial(sdr_loss, scale_invariant=lc.sdr_scale_invariant),
+        "wave/cos": cosine_loss,
+        "stft/compressed": functools.partial(compressed_stft_loss, power=lc.cstft_power),
+        "stft/bandcos": band_cosine_loss,
+        "stft/stationary": stationary_loss,
+        "stft/envelope": functools.partial(envelope_loss, per_octave=lc.envelope_per_octave),
+        "stft/logmag": logmag,
+        "stft/ifreq": functools.partial(phase_advance_loss, axis="time"),
+        "stft/gdelay": functools.partial(phase_advance_loss, axis="freq"),
+    }
 
 
 def _split(ts: list[torch.Tensor], b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -64,6 +85,7 @@ class StepRunner:
         self.lambdas = cfg.loss.lambdas()
         self.mel = MultiScaleMelLoss(cfg.loss.mel_scales, cfg.loss.mel_bins).to(device)
         self.logmag = LogMagnitudeLoss(cfg.loss.logmag_scales).to(device)
+        self.plain_losses = _plain_losses(cfg.loss, self.logmag)
         self.reset_stats()
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.skipped = torch.zeros((), device=device)  # updates dropped for a NaN/Inf gradient
@@ -151,7 +173,7 @@ class StepRunner:
         self, x_ref: torch.Tensor, y: torch.Tensor, adversarial: bool
     ) -> dict[str, torch.Tensor]:
         """Every enabled loss that reads the decoded audio y."""
-        lam, lc = self.lambdas, self.cfg.loss
+        lam = self.lambdas
         losses: dict[str, torch.Tensor] = {}
         if lam["mel/loss"] > 0:
             losses["mel/loss"] = self.mel(x_ref, y)
@@ -167,24 +189,9 @@ class StepRunner:
             real_feats, fake_feats = zip(*(_split(f, b) for f in feats), strict=True)
             losses["adv/gen"] = generator_adversarial(fake_logits)
             losses["adv/feat"] = feature_matching(real_feats, fake_feats)
-        if lam["aux/stft"] > 0:
-            losses["aux/stft"] = stft_l1(x_ref, y)
-        if lam["aux/wave"] > 0:
-            losses["aux/wave"] = waveform_l1(x_ref, y)
-        if lam["wave/sdr"] > 0:
-            losses["wave/sdr"] = sdr_loss(x_ref, y, lc.sdr_scale_invariant)
-        if lam["wave/cos"] > 0:
-            losses["wave/cos"] = cosine_loss(x_ref, y)
-        if lam["stft/compressed"] > 0:
-            losses["stft/compressed"] = compressed_stft_loss(x_ref, y, lc.cstft_power)
-        if lam["stft/bandcos"] > 0:
-            losses["stft/bandcos"] = band_cosine_loss(x_ref, y)
-        if lam["stft/stationary"] > 0:
-            losses["stft/stationary"] = stationary_loss(x_ref, y)
-        if lam["stft/envelope"] > 0:
-            losses["stft/envelope"] = envelope_loss(x_ref, y, lc.envelope_per_octave)
-        if lam["stft/logmag"] > 0:
-            losses["stft/logmag"] = self.logmag(x_ref, y)
+        for key, fn in self.plain_losses.items():
+            if lam[key] > 0:
+                losses[key] = fn(x_ref, y)
         return losses
 
     def read_stats(self) -> dict[str, float]:
