@@ -56,9 +56,12 @@ class SpectroStream(nn.Module):
         pad = frames * SAMPLES_PER_CODE + HOP_SAMPLES - audio.shape[-1]
         return self.encoder(self.stft(F.pad(audio, (0, pad))))
 
-    def decode_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
-        """emb [B, D, N] -> audio [B, C, (N - 1) * 1920]; sample n lines up with input sample n."""
-        return self.istft(self.trim(self.decoder(emb)))
+    def decode_embeddings(
+        self, emb: torch.Tensor, towers: TowerSplit | None = None
+    ) -> torch.Tensor:
+        """emb [B, D, N] -> audio [B, C, (N - 1) * 1920]; sample n lines up with input sample n.
+        ``towers``: a stream's :class:`TowerSplit` (see :meth:`Decoder.forward`)."""
+        return self.istft(self.trim(self.decoder(emb, towers)))
 
     def encode(self, audio: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """audio [B, C, T] -> codes [B, L, ceil(T / 1920)]."""
@@ -326,7 +329,7 @@ class StreamingDecoder(_Stream):
         self._check_open()
         if self._step is not None and tuple(emb.shape) == self._step.example_shape:
             return self.model.istft(self.model.trim(self._step(emb)))
-        return self.model.istft(self.model.trim(self.model.decoder(emb, self._split)))
+        return self.model.decode_embeddings(emb, self._split)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L, m] -> audio [B, C, 1920 m] (1920 fewer on the first call). A rejected
