@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import random
@@ -28,7 +29,8 @@ from spectrostream.data.debian import (
     to_stereo_48k,
     write_manifest,
 )
-from spectrostream.data.pack import PackOptions, plan_excerpts, write_pack
+from spectrostream.data.pack import FULL_BAND_QUALITY, PackOptions, plan_excerpts, write_pack
+from spectrostream.errors import UsageError
 
 COPYRIGHT = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -358,7 +360,7 @@ def test_plan_uses_every_track_before_repeating_one():
 PACK_OPTIONS = PackOptions(
     minutes=0.25,
     valid_minutes=0.05,
-    max_mib=0.4,
+    max_mib=0.6,
     min_excerpt_s=0.5,
     max_excerpt_s=1.0,
     seed=3,
@@ -400,7 +402,7 @@ def test_pack_draws_from_every_train_track(packed):
 def test_pack_fits_the_cap_by_lowering_quality(packed, corpus, tmp_path):
     out, result = packed
     assert pack.folder_bytes(out) == result.total_bytes <= PACK_OPTIONS.max_mib * 2**20
-    assert 0.0 < result.quality < 1.0
+    assert FULL_BAND_QUALITY < result.quality < 1.0
     cap_mib = 0.8 * result.total_bytes / 2**20
     smaller = write_pack(
         corpus,
@@ -428,6 +430,29 @@ def test_pack_refuses_an_impossible_cap_and_a_foreign_folder(corpus, packed, tmp
     out, _ = packed
     with pytest.raises(DataError, match="--overwrite"):
         write_pack(corpus, out, PACK_OPTIONS, progress=False)
+
+
+def _share_above_db(audio: np.ndarray, hz: float) -> float:
+    """Share of the energy above ``hz`` in dB (mono mix of [T, 2] at 48 kHz)."""
+    mono = audio.mean(axis=1)
+    power = np.abs(np.fft.rfft(mono)) ** 2
+    freqs = np.fft.rfftfreq(len(mono), 1 / 48000)
+    return float(10 * np.log10(power[(freqs > hz) & (freqs < 20000)].sum() / power.sum()))
+
+
+def test_pack_floor_quality_keeps_the_band_to_20_khz():
+    # Vorbis at quality 0 low-passes at 16 kHz; a model trained on such a pack learned to output
+    # nothing above it. The floor the pack falls back to must keep the top band.
+    noise = np.random.default_rng(0).standard_normal((2, 48000 * 2)).astype(np.float32) * 0.1
+    source = _share_above_db(noise.T, 16000)
+    for quality, kept in ((FULL_BAND_QUALITY, True), (0.0, False)):
+        decoded, rate = sf.read(io.BytesIO(pack.encode_vorbis(noise, quality)), dtype="float32")
+        assert rate == 48000
+        loss_db = source - _share_above_db(decoded, 16000)
+        assert (loss_db < 3.0) == kept, (quality, loss_db)
+    assert PACK_OPTIONS.min_quality == FULL_BAND_QUALITY
+    with pytest.raises(UsageError, match="min-quality"):
+        PackOptions(min_quality=1.5)
 
 
 def test_pack_cli_reports_user_errors(tmp_path, capsys):

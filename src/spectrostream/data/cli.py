@@ -12,7 +12,7 @@ from spectrostream.data.debian import (
     build_corpus,
     load_package_reports,
 )
-from spectrostream.data.pack import PackOptions, write_pack
+from spectrostream.data.pack import FULL_BAND_QUALITY, PackOptions, write_pack
 from spectrostream.errors import exit_status
 
 
@@ -75,6 +75,13 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     pack.add_argument(
         "--max-mib", type=float, default=48.0, help="cap on the whole folder, MiB (default 48)"
     )
+    pack.add_argument(
+        "--min-quality",
+        type=float,
+        default=FULL_BAND_QUALITY,
+        help=f"lowest Vorbis quality to fall back to (default {FULL_BAND_QUALITY}, the lowest "
+        "that keeps the band to 20 kHz; 0 low-passes at 16 kHz)",
+    )
     pack.add_argument("--min-excerpt", type=float, default=10.0, help="seconds (default 10)")
     pack.add_argument("--max-excerpt", type=float, default=20.0, help="seconds (default 20)")
     pack.add_argument("--seed", type=int, default=0)
@@ -118,6 +125,7 @@ def run_pack(args: argparse.Namespace) -> int:
         min_excerpt_s=args.min_excerpt,
         max_excerpt_s=args.max_excerpt,
         seed=args.seed,
+        min_quality=args.min_quality,
     )
     result = write_pack(
         args.corpus,

@@ -35,6 +35,11 @@ SILENCE_DBFS = -45.0  # excerpts quieter than this are re-drawn (up to SILENCE_T
 SILENCE_TRIES = 4
 SIZE_MARGIN = 0.97  # aim the estimate below the cap; the real total is checked anyway
 HOPELESS = 1.25  # give up before encoding when the lowest quality's estimate is this far over
+# libvorbis (through libsndfile) low-passes 48 kHz stereo at 16 kHz at quality 0 and at 17 kHz
+# at 0.1-0.2; from 0.3 (about 110 kbps on music) it keeps the band to 20 kHz. A model trained on
+# low-passed data learns to output nothing above the cut (the first GPU rounds did), so the
+# pack never goes below this unless asked (docs/training.md, "Round 9").
+FULL_BAND_QUALITY = 0.3
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class PackOptions:
     max_excerpt_s: float = 20.0
     seed: int = 0
     max_quality: float = 1.0  # libvorbis VBR quality, 0 (~64 kbps) .. 1 (~400 kbps)
+    min_quality: float = FULL_BAND_QUALITY  # lower qualities cut the band (see above)
     sample_excerpts: int = 12  # encoded at several qualities to estimate the total size
 
     def __post_init__(self) -> None:
@@ -53,6 +59,8 @@ class PackOptions:
             raise UsageError("--minutes must be > 0 and --valid-minutes >= 0")
         if self.max_mib <= 0:
             raise UsageError("--max-mib must be > 0")
+        if not 0.0 <= self.min_quality <= self.max_quality <= 1.0:
+            raise UsageError("need 0 <= --min-quality <= max quality <= 1")
         if self.sample_excerpts < 1:
             raise UsageError("sample_excerpts must be >= 1")
         if not 0 < self.min_excerpt_s <= self.max_excerpt_s:
@@ -188,20 +196,21 @@ def choose_quality(
     def estimate(q: float) -> float:
         return scale * sum(len(encode_vorbis(a, q)) for a in audio)
 
-    lowest = estimate(0.0)
+    lo = round(options.min_quality / QUALITY_GRID)
+    lowest = estimate(lo * QUALITY_GRID)
     if lowest > budget_bytes * HOPELESS:
         raise DataError(
-            f"about {lowest / MIB:.1f} MiB of audio at the lowest Vorbis quality, but "
-            f"only {budget_bytes / MIB:.1f} MiB left under --max-mib {options.max_mib}: "
-            "lower --minutes"
+            f"about {lowest / MIB:.1f} MiB of audio at the lowest Vorbis quality allowed "
+            f"({options.min_quality:.2f}), but only {budget_bytes / MIB:.1f} MiB left under "
+            f"--max-mib {options.max_mib}: lower --minutes"
         )
     target = budget_bytes * SIZE_MARGIN
     steps = round(options.max_quality / QUALITY_GRID)
     if estimate(steps * QUALITY_GRID) <= target:
         return round(steps * QUALITY_GRID, 4)
     if lowest > target:
-        return 0.0
-    lo, hi = 0, steps  # lo fits, hi does not
+        return round(lo * QUALITY_GRID, 4)
+    hi = steps  # lo fits, hi does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if estimate(mid * QUALITY_GRID) <= target:
@@ -338,12 +347,12 @@ def _encode_within(
         total = fixed + sum(len(b) for b in encoded)
         if total <= budget:
             return quality, encoded
-        if quality <= 0.0:
+        if quality <= options.min_quality:
             raise DataError(
-                f"{total / MIB:.1f} MiB at the lowest Vorbis quality exceeds --max-mib "
-                f"{options.max_mib}: lower --minutes"
+                f"{total / MIB:.1f} MiB at the lowest Vorbis quality allowed "
+                f"({options.min_quality:.2f}) exceeds --max-mib {options.max_mib}: lower --minutes"
             )
-        quality = max(0.0, round(quality - RETRY_STEP, 4))
+        quality = max(options.min_quality, round(quality - RETRY_STEP, 4))
 
 
 def _write_staging(
