@@ -27,7 +27,7 @@ from spectrostream.config import N_FFT, SAMPLE_RATE
 from spectrostream.metrics import harmonic_correlation
 from spectrostream.train.losses import codec_stft
 
-EDGES_HZ = (0, 250, 500, 1000, 2000, 4000, 8000, 16000)
+EDGES_HZ = (0, 250, 500, 1000, 2000, 4000, 8000, 16000, 24000)  # the top band shows a low-pass
 CLIPS = "guitar,contrabassoon,harpsichord,moonlight,sopr,vibe_ace"
 
 

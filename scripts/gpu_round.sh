@@ -29,11 +29,21 @@ while [[ $# -gt 0 ]]; do
     *) echo "gpu_round.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+# A pack below Vorbis quality 0.3 (FULL_BAND_QUALITY in spectrostream/data/pack.py) is low-passed
+# at 16-17 kHz, and a model trained on it outputs nothing above that: refuse it.
+if [[ $SMOKE == 0 && -f "$DATA/manifest.json" ]]; then
+  "${PYTHON:-python3}" -c 'import json, sys
+q = json.load(open(sys.argv[1])).get("vorbis_quality", 1.0)
+sys.exit(f"gpu_round.sh: {sys.argv[1]}: Vorbis quality {q} is low-passed at 16-17 kHz;"
+         " re-pack with spectrostream data pack (quality >= 0.3)" if q < 0.3 else 0)' \
+    "$DATA/manifest.json" || exit 2
+fi
 OUT="${OUT:-$ROOT/runs/gpu_round_out}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_round.XXXXXX")"
 PY="${PYTHON:-python3}"
-if compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
+# (not with --smoke: it runs here, on this machine's packages; the wheels are for the GPU image)
+if [[ $SMOKE == 0 ]] && compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$WORK/site" "$ROOT"/.whl/*.whl
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"

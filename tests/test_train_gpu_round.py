@@ -50,3 +50,22 @@ def test_gpu_round_smoke(tmp_path):
     assert "k-means:" in log and "validation step 8" in log
     codec = load(model)
     assert codec.model.config.num_levels == 8
+
+
+@pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
+def test_gpu_round_refuses_a_low_passed_pack(tmp_path):
+    # Vorbis below quality 0.3 is low-passed at 16-17 kHz (spectrostream.data.pack).
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"vorbis_quality": 0.0}))
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON="python")
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_round.sh"), "--data", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "low-passed" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "train.log").exists()
