@@ -122,6 +122,20 @@ def test_envelope_db_reads_band_level_errors() -> None:
         metrics.envelope_db(x[:, :1000], x[:, :1000], SR)
 
 
+def test_top_band_db_reads_a_low_pass() -> None:
+    from spectrostream.metrics import top_band_db
+
+    x = torch.from_numpy(white(1.0, seed=5))
+    spectrum = torch.fft.rfft(x)
+    spectrum[..., int(16000 * x.shape[-1] / SR) :] = 0  # low-passed at 16 kHz
+    low = torch.fft.irfft(spectrum, n=x.shape[-1])
+    assert top_band_db(x, x).abs().max() < 1e-9
+    assert (top_band_db(x, 0.5 * x) - 10 * math.log10(0.25)).abs().max() < 1e-6
+    assert (top_band_db(x, low) < -40).all()  # what a decoder trained on a q0 Vorbis pack does
+    assert top_band_db(low, x).isnan().all()  # nothing to compare against above 16 kHz
+    assert top_band_db(x[..., :100], x[..., :100]).isnan().all()
+
+
 def test_comb_share_finds_a_frame_periodic_pattern() -> None:
     """A pattern repeating every 480 samples (the codec's hop) is all "comb"; music-like audio
     and noise read about 1 / frames; a quiet comb added to music reads its energy share."""

@@ -37,7 +37,12 @@ def test_gpu_round_smoke(tmp_path):
     summary = json.loads((out / "round.json").read_text())
     assert summary["steps"] == 8
     v = summary["validation"]
-    for key in ("val/si_sdr_bypass", "val/si_sdr_16kbps", "val/pca_top4_share"):
+    for key in (
+        "val/si_sdr_bypass",
+        "val/si_sdr_16kbps",
+        "val/pca_top4_share",
+        "val/top_band_16kbps",
+    ):
         assert key in v, key
     assert 0 < v["val/comb_reference"]["value"] < 1 and 0 < v["val/comb_16kbps"]["value"] < 1
     assert set(summary["loss_shares"]) == {

@@ -117,6 +117,36 @@ def frames_stft(a: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     )
 
 
+TOP_BAND_HZ = 16500.0  # clear of the 16 kHz where Vorbis at quality 0 low-passes ("Round 9")
+
+
+def top_band_db(
+    reference: torch.Tensor,
+    estimate: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    low_hz: float = TOP_BAND_HZ,
+    n_fft: int = ENVELOPE_N_FFT,
+) -> torch.Tensor:
+    """Energy of ``estimate`` above ``low_hz`` over the reference's, in dB: [..., T] -> [...].
+
+    0 is right; a decoder trained on low-passed audio reads tens of dB below (after two GPU
+    rounds on a 16 kHz Vorbis pack, scripts/band_report.py read -29 to -36 dB above 16 kHz).
+    NaN where the reference has (almost) nothing there (more than ENVELOPE_RANGE_DB below its
+    whole energy) or is shorter than ``n_fft``.
+    """
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    lead = reference.shape[:-1]
+    if reference.shape[-1] < n_fft:
+        return torch.full(lead, float("nan"), dtype=dtype)
+    top = round(low_hz * n_fft / sample_rate)
+    power_r = frames_stft(reference.to(dtype), n_fft, n_fft // 4).abs().square()
+    power_e = frames_stft(estimate.to(dtype), n_fft, n_fft // 4)[:, top:].abs().square()
+    pr, pe = power_r[:, top:].sum((1, 2)), power_e.sum((1, 2))
+    present = pr > power_r.sum((1, 2)) * 10 ** (-ENVELOPE_RANGE_DB / 10)
+    ratio = torch.where(present, pe / pr.clamp_min(1e-30), torch.nan)
+    return (10 * torch.log10(ratio.clamp_min(1e-30))).reshape(lead)
+
+
 def comb_share(audio: torch.Tensor, n_fft: int = 960, hop: int = 480) -> torch.Tensor:
     """Share of a signal's energy that repeats in every frame: [..., T] -> [...], 0..1.
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import audio_io
 from ..config import SAMPLE_RATE
-from ..metrics import comb_share, envelope_distance, harmonic_correlation
+from ..metrics import comb_share, envelope_distance, harmonic_correlation, top_band_db
 from ..model import SpectroStream
 from .config import TrainConfig
 from .losses import MultiScaleMelLoss, si_sdr
@@ -38,6 +38,8 @@ def validate(
     - harmonic correlation, band-envelope distance (dB; what ViSQOL hears first), and the
       fixed-comb share of each output beside the reference's
       (above it: the decoder adds a frame-periodic pattern, a comb of tones);
+    - the output's level above 16.5 kHz against the input's (dB; far below 0: a low-passed
+      decoder, as one trained on a quality-0 Vorbis pack);
     - top-4 PCA share of the latent frames (near 1: a collapsed latent);
     - relative output change when 5% Gaussian noise is added to the latent (near 0: the
       decoder ignores the latent);
@@ -118,6 +120,8 @@ def _score_batch(
         ref = x[..., : y.shape[-1]]
         harmonic = harmonic_correlation(ref.float(), y.float()).mean(-1).tolist()  # per item
         envelope = envelope_distance(ref.float(), y.float()).mean(-1).tolist()
+        # Items with nothing above 16.5 kHz count as right (0 dB).
+        top = top_band_db(ref.float(), y.float()).nan_to_num(0.0).mean(-1).tolist()
         combs = {name: comb_share(y.float()).mean(-1).sum().item()}
         if name == "bypass":
             combs["reference"] = comb_share(ref.float()).mean(-1).sum().item()
@@ -126,7 +130,13 @@ def _score_batch(
         for i in range(x.shape[0]):
             m = mel(ref[i : i + 1], y[i : i + 1]).item()
             s = si_sdr(ref[i : i + 1], y[i : i + 1]).mean().item()
-            values = {"mel": m, "si_sdr": s, "harmonic": harmonic[i], "envelope": envelope[i]}
+            values = {
+                "mel": m,
+                "si_sdr": s,
+                "harmonic": harmonic[i],
+                "envelope": envelope[i],
+                "top_band": top[i],
+            }
             for key, value in values.items():
                 sums[f"val/{key}_{name}"] = sums.get(f"val/{key}_{name}", 0.0) + value
             j = first + i
@@ -175,7 +185,8 @@ def format_validation(step: int, v: dict[str, float]) -> str:
                 f"{name} SI-SDR {v[f'val/si_sdr_{name}']:.2f} dB mel {v[f'val/mel_{name}']:.2f} "
                 f"harmonic {v.get(f'val/harmonic_{name}', float('nan')):.3f} "
                 f"envelope {v.get(f'val/envelope_{name}', float('nan')):.2f} dB "
-                f"comb {v.get(f'val/comb_{name}', float('nan')):.4f};"
+                f"comb {v.get(f'val/comb_{name}', float('nan')):.4f} "
+                f"above 16.5 kHz {v.get(f'val/top_band_{name}', float('nan')):+.1f} dB;"
             )
     if "val/comb_reference" in v:
         parts.append(f"reference comb {v['val/comb_reference']:.4f};")
