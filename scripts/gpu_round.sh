@@ -4,11 +4,12 @@
 #   -> fp16 export -> model split into <= 15 MiB parts + sha256 -> summary and training log.
 # Everything it returns is written to $OUT (at most 8 files, each under 16 MiB).
 #
-#   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--config TOML]
+#   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--steps N] [--config TOML]
 #
 # Defaults: --data .gpu/data (from `spectrostream data pack`, rotate --seed per round),
 # --init src/spectrostream/models/default.safetensors, --minutes 8, configs/gpu_round.toml,
-# OUT=${OUT:-runs/gpu_round_out}. Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
+# OUT=${OUT:-runs/gpu_round_out}. --steps N also stops at step N (to repeat a round that its time
+# limit stopped there). Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
 # installed first when present. --smoke: a tiny model on synthetic audio on the CPU, the same
 # steps end to end in about a minute (CI-sized; no GPU needed).
 set -euo pipefail
@@ -18,6 +19,7 @@ DATA="$ROOT/.gpu/data"
 INIT="$ROOT/src/spectrostream/models/default.safetensors"
 CONFIG="$ROOT/configs/gpu_round.toml"
 MINUTES=8
+STEPS=()
 SMOKE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -25,6 +27,7 @@ while [[ $# -gt 0 ]]; do
     --data) DATA="$2"; shift 2 ;;
     --init) INIT="$2"; shift 2 ;;
     --minutes) MINUTES="$2"; shift 2 ;;
+    --steps) STEPS=(--max-steps "$2"); shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
     *) echo "gpu_round.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -74,7 +77,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi -L | tee "$OUT/device.txt" || tr
 START=$(date +%s)
 set +e
 "${SS[@]}" train "$CONFIG" --data "$DATA" --out "$WORK/run" --init "$INIT" \
-  --max-minutes "$MINUTES" 2>&1 | tee "$LOG"
+  --max-minutes "$MINUTES" "${STEPS[@]}" 2>&1 | tee "$LOG"
 RC=${PIPESTATUS[0]}
 set -e
 [[ $RC == 0 ]] || { echo "gpu_round.sh: training failed (exit $RC); log in $LOG" >&2; exit "$RC"; }
