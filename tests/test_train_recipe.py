@@ -196,7 +196,10 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     stages = sorted((configs / "default_v1").glob("stage*.toml"))
     stages += sorted((configs / "default_v2").glob("stage*.toml"))
     stages += sorted((configs / "default_v3").glob("stage*.toml"))
-    assert len(stages) == 9
+    # v4: two GPU rounds (the GPU round's config as it then stood), then stages 10-11 on the CPU.
+    stages += sorted((configs / "default_v4").glob("*.toml"))
+    assert len(stages) == 13
+    assert [p.stem for p in stages[-4:]] == ["gpu_round1", "gpu_round2", "stage10", "stage11"]
     for p in stages:
         assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):
