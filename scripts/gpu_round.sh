@@ -5,6 +5,7 @@
 # Everything it returns is written to $OUT (at most 8 files, each under 16 MiB).
 #
 #   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--steps N] [--config TOML]
+#                        [--batch auto|N [--rate STEPS_PER_S]]
 #
 # Defaults: --data .gpu/data (from `spectrostream data pack`, rotate --seed per round),
 # --init src/spectrostream/models/default.safetensors, --minutes 8, configs/gpu_round.toml,
@@ -12,6 +13,10 @@
 # limit stopped there). Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
 # installed first when present. --smoke: a tiny model on synthetic audio on the CPU, the same
 # steps end to end in about a minute (CI-sized; no GPU needed).
+# --batch auto (default): bench/train_speed.py first times a few steps at the config's batch, 2x
+# and 4x (about half a minute on a GPU), and scripts/round_config.py takes the batch with the most
+# audio per second; either way the lr decay is fitted to the second half of the round's steps.
+# --batch N [--rate R] skips the probe (a second round of a session: round.json has both).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +26,8 @@ CONFIG="$ROOT/configs/gpu_round.toml"
 MINUTES=8
 STEPS=()
 SMOKE=0
+BATCH=auto
+RATE=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
@@ -28,6 +35,8 @@ while [[ $# -gt 0 ]]; do
     --init) INIT="$2"; shift 2 ;;
     --minutes) MINUTES="$2"; shift 2 ;;
     --steps) STEPS=(--max-steps "$2"); shift 2 ;;
+    --batch) BATCH="$2"; shift 2 ;;
+    --rate) RATE=(--rate "$2"); shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
     *) echo "gpu_round.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -75,6 +84,24 @@ fi
 command -v nvidia-smi > /dev/null && nvidia-smi -L | tee "$OUT/device.txt" || true
 
 START=$(date +%s)
+# The batch (a throughput probe, or --batch) and the lr decay fitted to this round's length.
+FIT=("$PY" "$ROOT/scripts/round_config.py" "$CONFIG" -o "$WORK/round.toml" --minutes "$MINUTES"
+     "${STEPS[@]}")
+if [[ $BATCH == auto ]]; then
+  read -r B0 AE < <("$PY" -c 'import sys; sys.path.insert(0, sys.argv[2])
+from spectrostream.train.config import TrainConfig
+c = TrainConfig.from_toml(sys.argv[1]); print(c.data.batch_size, c.quantizer.ae_steps)' \
+    "$CONFIG" "$ROOT/src")
+  "$PY" "$ROOT/bench/train_speed.py" --config "$CONFIG" --batch "$B0" $((2 * B0)) $((4 * B0)) \
+    --steps 4 --warmup 2 --start-step $((AE + 1)) --json "$WORK/probe.json" > "$WORK/probe.log" 2>&1 \
+    || echo "gpu_round.sh: the batch probe failed (keeping the config's batch):" \
+      "$(tail -n 3 "$WORK/probe.log")" >&2
+  FIT+=(--probe "$WORK/probe.json")
+else
+  FIT+=(--batch "$BATCH" "${RATE[@]}")
+fi
+"${FIT[@]}" | tee "$WORK/fit.json"
+CONFIG="$WORK/round.toml"
 set +e
 "${SS[@]}" train "$CONFIG" --data "$DATA" --out "$WORK/run" --init "$INIT" \
   --max-minutes "$MINUTES" "${STEPS[@]}" 2>&1 | tee "$LOG"
@@ -88,7 +115,7 @@ cp "$WORK/run/train_config.json" "$WORK/train_config.json"
   && sha256sum model.safetensors > model.sha256 )
 cp "$WORK"/model.safetensors.part-* "$WORK/model.sha256" "$OUT/"
 "$PY" "$ROOT/scripts/round_summary.py" "$WORK/run" "$DATA" "$INIT" "$(( $(date +%s) - START ))" \
-  > "$OUT/round.json"
+  "$WORK/fit.json" > "$OUT/round.json"
 cat "$OUT/round.json"
 NFILES=$(find "$OUT" -type f | wc -l)
 echo "gpu_round.sh: $NFILES files in $OUT; reassemble with:" \

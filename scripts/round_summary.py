@@ -1,6 +1,8 @@
 """JSON summary of a GPU round: steps, time, data, init model, and the last validation.
 
-python scripts/round_summary.py RUN_DIR DATA_DIR INIT_MODEL SECONDS
+python scripts/round_summary.py RUN_DIR DATA_DIR INIT_MODEL SECONDS [FIT_JSON]
+
+FIT_JSON: scripts/round_config.py's choice (batch, throughput probe, decay), kept as "fit".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def sha256(path: Path) -> str:
 
 def main(argv: list[str]) -> int:
     run, data, init, seconds = Path(argv[0]), Path(argv[1]), Path(argv[2]), float(argv[3])
+    fit = json.loads(Path(argv[4]).read_text()) if len(argv) > 4 else None
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     step = int(ckpts[-1].stem.split("_")[1]) if ckpts else 0
     cfg = json.loads((run / "train_config.json").read_text())
@@ -49,6 +52,7 @@ def main(argv: list[str]) -> int:
         "loss_shares": shares,
         "validation": val,
         "train_config": cfg,
+        "fit": fit,
     }
     print(json.dumps(summary, indent=1, sort_keys=True))
     return 0

@@ -31,6 +31,8 @@ lr = 1e-3
 betas = [0.9, 0.99]
 warmup_steps = 2
 max_steps = 8
+decay_steps = 4  # refitted by scripts/round_config.py to the round's second half
+decay_final = 0.1
 calibrate_init = true
 
 [loss]  # configs/gpu_round.toml's losses

@@ -36,6 +36,13 @@ def test_gpu_round_smoke(tmp_path):
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
     summary = json.loads((out / "round.json").read_text())
     assert summary["steps"] == 8
+    # the batch probe ran at the config's batch, 2x and 4x, and the round used its choice;
+    # the decay was fitted to the second half of the 8 steps
+    fit, cfg = summary["fit"], summary["train_config"]
+    assert [r["batch"] for r in fit["probe"]] == [2, 4, 8]
+    assert all(r["error"] is None and r["steps_per_s"] > 0 for r in fit["probe"])
+    assert cfg["data"]["batch_size"] == fit["batch_size"] in (2, 4, 8)
+    assert (cfg["optim"]["decay_start"], cfg["optim"]["decay_steps"]) == (4, 4)
     v = summary["validation"]
     for key in (
         "val/si_sdr_bypass",
