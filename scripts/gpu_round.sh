@@ -2,6 +2,7 @@
 # One GPU training round for the default model (docs/training.md, "GPU round"):
 #   AE re-warm-up -> residual k-means refit -> quantized training  (one `train` run, by stage)
 #   -> fp16 export -> model split into <= 15 MiB parts + sha256 -> summary and training log.
+# Then scripts/gpu_check.py: the new model's GPU inference against the CPU (gpu_check.json).
 # Everything it returns is written to $OUT (at most 8 files, each under 16 MiB).
 #
 #   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--steps N] [--config TOML]
@@ -117,6 +118,13 @@ cp "$WORK"/model.safetensors.part-* "$WORK/model.sha256" "$OUT/"
 "$PY" "$ROOT/scripts/round_summary.py" "$WORK/run" "$DATA" "$INIT" "$(( $(date +%s) - START ))" \
   "$WORK/fit.json" > "$OUT/round.json"
 cat "$OUT/round.json"
+# The new model's GPU path against its CPU path on this round's held-out music (codes, decoded
+# SNR, speed; the GPU inference paths are otherwise untested). Bounded, and never fatal.
+CHECK=(--device cuda --files 3 --seconds 20)
+[[ $SMOKE == 1 ]] && CHECK=(--device cpu --files 1 --seconds 1)
+timeout 150 "$PY" "$ROOT/scripts/gpu_check.py" "$WORK/model.safetensors" "$DATA/valid" "${CHECK[@]}" \
+  > "$OUT/gpu_check.json" 2> "$WORK/check.log" \
+  || echo "gpu_round.sh: gpu_check.py failed: $(tail -n 3 "$WORK/check.log")" >&2
 NFILES=$(find "$OUT" -type f | wc -l)
 echo "gpu_round.sh: $NFILES files in $OUT; reassemble with:" \
   "cat model.safetensors.part-* > model.safetensors && sha256sum -c model.sha256"

@@ -58,6 +58,11 @@ def test_gpu_round_smoke(tmp_path):
         "share/stft/envelope",
         "share/stft/stationary",
     }
+    # the GPU-vs-CPU inference check ran (CPU against CPU here: identical codes and audio)
+    check = json.loads((out / "gpu_check.json").read_text())
+    fp32 = check["files"][0]["fp32"]
+    assert fp32["codes_equal"] == 1.0 and fp32["decode_snr_db"] is None
+    assert 0 < check["files"][0]["bf16"]["level0_equal"] <= 1
     log = (out / "train.log").read_text()
     assert "k-means:" in log and "validation step 8" in log
     codec = load(model)
