@@ -15,7 +15,7 @@
 # installed first when present. --smoke: a tiny model on synthetic audio on the CPU, the same
 # steps end to end in about a minute (CI-sized; no GPU needed).
 # --batch auto (default): bench/train_speed.py first times a few steps at the config's batch, 2x
-# and 4x (about half a minute on a GPU), and scripts/round_config.py takes the batch with the most
+# and 4x (about half a minute on a GPU; at most 2 min), and scripts/round_config.py takes the batch with the most
 # audio per second; either way the lr decay is fitted to the second half of the round's steps.
 # --batch N [--rate R] skips the probe (a second round of a session: round.json has both).
 set -euo pipefail
@@ -93,11 +93,11 @@ if [[ $BATCH == auto ]]; then
 from spectrostream.train.config import TrainConfig
 c = TrainConfig.from_toml(sys.argv[1]); print(c.data.batch_size, c.quantizer.ae_steps)' \
     "$CONFIG" "$ROOT/src")
-  "$PY" "$ROOT/bench/train_speed.py" --config "$CONFIG" --batch "$B0" $((2 * B0)) $((4 * B0)) \
-    --steps 4 --warmup 2 --start-step $((AE + 1)) --json "$WORK/probe.json" > "$WORK/probe.log" 2>&1 \
+  timeout 120 "$PY" "$ROOT/bench/train_speed.py" --config "$CONFIG" --batch "$B0" $((2 * B0)) $((4 * B0)) \
+    --steps 4 --warmup 2 --start-step $((AE + 1)) > "$WORK/probe.log" 2>&1 \
     || echo "gpu_round.sh: the batch probe failed (keeping the config's batch):" \
       "$(tail -n 3 "$WORK/probe.log")" >&2
-  FIT+=(--probe "$WORK/probe.json")
+  FIT+=(--probe "$WORK/probe.log")  # one JSON line per batch timed (all of them, or as many as 2 min held)
 else
   FIT+=(--batch "$BATCH" "${RATE[@]}")
 fi

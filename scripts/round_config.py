@@ -1,10 +1,11 @@
 """The GPU round's training config, fitted to the machine: a batch size from a throughput probe
 and the lr decay over the round's second half (docs/training.md, "A GPU round").
 
-    python scripts/round_config.py CONFIG -o ROUND.toml --minutes M --probe PROBE.json
+    python scripts/round_config.py CONFIG -o ROUND.toml --minutes M --probe PROBE
     python scripts/round_config.py CONFIG -o ROUND.toml --minutes M --batch N [--rate STEPS_PER_S]
 
-PROBE.json is bench/train_speed.py's output for a few batch sizes of CONFIG. The batch with the
+PROBE is bench/train_speed.py's output for a few batch sizes of CONFIG (its --json file, or its
+printed log: one JSON line per batch). The batch with the
 most audio-seconds per second is taken if it beats CONFIG's own batch by SWITCH_GAIN (the probe
 times only a few steps); else CONFIG's batch stays. A larger batch keeps the autoencoder
 re-warm-up the same length in audio (quantizer.ae_steps scaled down). Where the step rate is
@@ -30,6 +31,25 @@ SWITCH_GAIN = 1.15
 # Share of the round's wall time spent in training steps (k-means, validation and checkpoints
 # take the rest; rounds 1-2 of session 9: 4,443 steps in 7.5 min at 10.36 steps/s = 95%).
 TIME_SHARE = 0.9
+
+
+def read_probe(path: Path) -> list[dict[str, Any]]:
+    """bench/train_speed.py's rows: its --json list, or the JSON line it prints per batch (what
+    a probe stopped by a time limit has left)."""
+    text = path.read_text()
+    try:
+        rows = json.loads(text)
+        return rows if isinstance(rows, list) else []
+    except ValueError:
+        pass
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
 
 
 def choose_batch(probe: list[dict[str, Any]], base: int) -> tuple[int, float | None]:
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, required=True)
     p.add_argument("--max-steps", type=int)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--probe", help="bench/train_speed.py --json output")
+    src.add_argument("--probe", help="bench/train_speed.py's --json file or printed log")
     src.add_argument("--batch", type=int)
     p.add_argument("--rate", type=float, help="steps per second at --batch (from a past round)")
     args = p.parse_args(argv)
@@ -107,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     probe: list[dict[str, Any]] = []
     if args.probe:
         try:
-            probe = json.loads(Path(args.probe).read_text())
-        except (OSError, ValueError) as e:
+            probe = read_probe(Path(args.probe))
+        except OSError as e:
             print(f"round_config.py: no usable probe ({e}); keeping the batch", file=sys.stderr)
         batch, rate = choose_batch(probe, cfg.data.batch_size)
     else:

@@ -71,3 +71,16 @@ def test_the_written_toml_is_the_fitted_config(tmp_path):
     cfg = TrainConfig.from_toml(out)
     assert cfg == rc.fit(TrainConfig.from_toml(ROUND), 128, 5.0, 8, None)
     assert cfg.model_config() == TrainConfig.from_toml(ROUND).model_config()
+
+
+def test_read_probe_takes_the_json_list_or_the_printed_lines(tmp_path):
+    rows = [row(32, 10.0), row(64, 9.0)]
+    listed = tmp_path / "probe.json"
+    listed.write_text(json.dumps(rows))
+    assert rc.read_probe(listed) == rows
+    # a probe stopped by its time limit: the lines printed so far, among other output
+    log = tmp_path / "probe.log"
+    log.write_text("\n".join(["warming up", json.dumps(rows[0]), json.dumps(rows[1]), "| t"]))
+    assert rc.read_probe(log) == rows
+    log.write_text("Traceback (most recent call last):\n  ...\n")
+    assert rc.read_probe(log) == []
