@@ -14,10 +14,11 @@
 # limit stopped there). Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
 # installed first when present. --smoke: a tiny model on synthetic audio on the CPU, the same
 # steps end to end in about a minute (CI-sized; no GPU needed).
-# --batch auto (default): bench/train_speed.py first times a few steps at the config's batch, 2x
-# and 4x (about half a minute on a GPU; at most 2 min), and scripts/round_config.py takes the batch with the most
-# audio per second; either way the lr decay is fitted to the second half of the round's steps.
-# --batch N [--rate R] skips the probe (a second round of a session: round.json has both).
+# --batch auto (default): bench/train_speed.py first times a few steps at the config's batch,
+# 2x and 4x (about half a minute on a GPU; at most 2 min), and scripts/round_config.py takes the
+# batch with the most audio per second; either way the lr decay is fitted to the second half of
+# the round's steps. --batch N [--rate R] skips the probe (a second round in one session: the
+# first round's round.json has both under "fit"). In a 600 s device call use --minutes 7.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -97,7 +98,7 @@ c = TrainConfig.from_toml(sys.argv[1]); print(c.data.batch_size, c.quantizer.ae_
     --steps 4 --warmup 2 --start-step $((AE + 1)) > "$WORK/probe.log" 2>&1 \
     || echo "gpu_round.sh: the batch probe failed (keeping the config's batch):" \
       "$(tail -n 3 "$WORK/probe.log")" >&2
-  FIT+=(--probe "$WORK/probe.log")  # one JSON line per batch timed (all of them, or as many as 2 min held)
+  FIT+=(--probe "$WORK/probe.log")  # a JSON line per batch timed (all, or what 2 min held)
 else
   FIT+=(--batch "$BATCH" "${RATE[@]}")
 fi
