@@ -23,9 +23,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from spectrostream.audio_io import find_audio
 from spectrostream.codec import load
-
-AUDIO_SUFFIXES = {".ogg", ".flac", ".wav"}  # what `data pack` and the smoke data write
 
 
 def snr_db(ref: np.ndarray, test: np.ndarray) -> float | None:
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result | {"skipped": "no CUDA device"}))
         return 0
     result["device"] = torch.cuda.get_device_name(0) if cuda else "cpu"
-    files = sorted(f for f in Path(args.audio_dir).rglob("*") if f.suffix in AUDIO_SUFFIXES)
+    files = find_audio(args.audio_dir)
     cpu = load(args.model, device="cpu")
     gpus = {dt: load(args.model, device=args.device, dtype=dt) for dt in ("fp32", "bf16")}
     result["files"] = [check_file(f, args.seconds, cpu, gpus, cuda) for f in files[: args.files]]
