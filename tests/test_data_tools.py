@@ -6,7 +6,10 @@ import dataclasses
 import io
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -460,3 +463,35 @@ def test_pack_cli_reports_user_errors(tmp_path, capsys):
     assert code == 2
     assert "no corpus manifest" in capsys.readouterr().err
     assert data_main(["pack", str(tmp_path), "-o", str(tmp_path / "o"), "--minutes", "0"]) == 2
+
+
+def _gpu_prep(corpus: Path, tmp_path: Path, carry_mib: int) -> subprocess.CompletedProcess:
+    """scripts/gpu_prep.sh on the synthetic corpus, into tmp_path, with a wheel already there
+    (so nothing is downloaded)."""
+    wheels = tmp_path / "whl"
+    wheels.mkdir(exist_ok=True)
+    (wheels / "soundfile-0.0-py3-none-any.whl").write_bytes(b"stand-in")
+    pack_args = ["--minutes", "0.25", "--valid-minutes", "0.05", "--max-mib", "0.6"]
+    pack_args += ["--min-excerpt", "0.5", "--max-excerpt", "1.0"]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_prep.sh"
+    return subprocess.run(
+        ["bash", str(script), "--corpus", str(corpus), "--out", str(tmp_path / "pack")]
+        + ["--wheels", str(wheels), "--seed", "5", "--", *pack_args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, "CARRY_MIB": str(carry_mib)},
+        timeout=300,
+    )
+
+
+def test_gpu_prep_packs_and_checks_what_a_device_call_carries(corpus, tmp_path):
+    done = _gpu_prep(corpus, tmp_path, carry_mib=64)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    assert doc["excerpts"] and doc["vorbis_quality"] >= FULL_BAND_QUALITY
+    assert "carried: working tree" in done.stdout and "of 64 MiB" in done.stdout
+    assert "scripts/gpu_round.sh" in done.stdout
+    # The tracked tree alone (the shipped model is ~40 MB) is over 1 MiB: refused, exit 1.
+    over = _gpu_prep(corpus, tmp_path, carry_mib=1)
+    assert over.returncode == 1 and "over the 1 MiB a device call carries" in over.stderr
