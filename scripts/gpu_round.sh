@@ -8,7 +8,7 @@
 #   scripts/gpu_round.sh [--smoke] [--data DIR] [--init MODEL] [--minutes M] [--steps N] [--config TOML]
 #                        [--batch auto|N [--rate STEPS_PER_S]]
 #
-# Defaults: --data .gpu/data (from `spectrostream data pack`, rotate --seed per round),
+# Defaults: --data .gpu/data (from scripts/gpu_prep.sh: a fresh pack per round),
 # --init src/spectrostream/models/default.safetensors, --minutes 8, configs/gpu_round.toml,
 # OUT=${OUT:-runs/gpu_round_out}. --steps N also stops at step N (to repeat a round that its time
 # limit stopped there). Wheels in .whl/ (soundfile, soxr, cffi, pycparser) are
@@ -81,7 +81,7 @@ if [[ $SMOKE == 1 ]]; then
   MINUTES=3
 fi
 
-[[ -d "$DATA" ]] || { echo "gpu_round.sh: no data folder $DATA (spectrostream data pack)" >&2; exit 2; }
+[[ -d "$DATA" ]] || { echo "gpu_round.sh: no data folder $DATA (scripts/gpu_prep.sh makes it)" >&2; exit 2; }
 [[ -f "$INIT" ]] || { echo "gpu_round.sh: no --init model $INIT" >&2; exit 2; }
 command -v nvidia-smi > /dev/null && nvidia-smi -L | tee "$OUT/device.txt" || true
 
