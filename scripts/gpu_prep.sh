@@ -57,7 +57,7 @@ if ! git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
   exit 0
 fi
 tree_bytes=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } \
-  | xargs -0 -r du -cb 2>/dev/null | awk '$2 == "total" {s += $1} END {print s + 0}')
+  | { xargs -0 -r du -cb 2>/dev/null || true; } | awk '$2 == "total" {s += $1} END {print s + 0}')
 carry_bytes=$(du -cb "$OUTDIR" "$WHEELS" | awk '$2 == "total" {print $1}')
 total=$((tree_bytes + carry_bytes))
 awk -v t="$tree_bytes" -v c="$carry_bytes" -v m="$CARRY_MIB" 'BEGIN {
@@ -68,4 +68,4 @@ if (( total > CARRY_MIB * 1048576 )); then
   exit 1
 fi
 echo "ready: run(command=\"export PYTHONUNBUFFERED=1; OUT=\$OUT bash scripts/gpu_round.sh" \
-  "--minutes 7\", carry=[\".gpu/data\", \".whl\"], timeout_s=590)"
+  "--minutes 7\", carry=[\".gpu/data\", \".whl\"], timeout_s=590)  (with the default --out and --wheels)"
