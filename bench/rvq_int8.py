@@ -20,16 +20,17 @@ import numpy as np
 import torch
 
 from spectrostream import audio_io, load
-from spectrostream.quantizer import _rerank, exact_search
+from spectrostream.quantizer import SearchTables, _rerank, exact_search, ordinary_cap
 
 
 class Int8Tables:
-    def __init__(self, rows: list[np.ndarray], bound: float, bits: int) -> None:
-        self.rows, self.bound = rows, bound
+    def __init__(self, tables: SearchTables, bits: int) -> None:
+        """Int8 copies of the exact search's tables; ``sq``: the float32 ||c||^2 it ranks by."""
+        self.rows, self.bound = tables.exact.rows, tables.exact.bound
+        self.sq = [n.numpy() for n in tables.norms]
         self.w, self.scale, self.qerr, self.norm = [], [], [], []
-        self.sq = [(torch.from_numpy(r) ** 2).sum(1).numpy() for r in rows]
         self.cap = []
-        for r in rows:
+        for r in self.rows:
             r64 = r.astype(np.float64)
             s = np.abs(r64).max(1) / bits
             s[s == 0] = 1.0
@@ -40,7 +41,7 @@ class Int8Tables:
             self.qerr.append(np.sqrt(((r64 - chat) ** 2).sum(1)))
             n = np.maximum(np.sqrt((r64**2).sum(1)), np.sqrt((chat**2).sum(1)))
             self.norm.append(n)
-            cap = min(float(n.max()), 2.0 * float(np.quantile(n, 0.9)))
+            cap = ordinary_cap(n)
             out = np.flatnonzero(n > cap)
             self.cap.append((cap, float(np.delete(self.qerr[-1], out).max()), out))
 
@@ -88,8 +89,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     codec = load("default")
-    exact = codec.model.quantizer.search_tables().exact
-    tab = Int8Tables(exact.rows, exact.bound, args.bits)
+    tables = codec.model.quantizer.search_tables()
+    exact = tables.exact
+    tab = Int8Tables(tables, args.bits)
     frames = []
     for clip in args.clips.split(","):
         audio, _ = audio_io.read_audio(

@@ -127,7 +127,7 @@ class ExactTables:
 
     def _split_outliers(self) -> None:
         for level, n in enumerate(self.norms):
-            cap = min(float(n.max()), 2.0 * float(np.quantile(n, 0.9)))
+            cap = ordinary_cap(n)
             out = np.flatnonzero(n > cap)
             herr = self.half_error[level] if self.half_error is not None else np.zeros_like(n)
             ordinary = np.delete(herr, out)
@@ -177,6 +177,12 @@ class ExactTables:
         lie among ``codes`` (default: the ordinary ones): the two scores' error bounds added,
         doubled as a margin for rounding the limit to float32 and for a float32 ||x||."""
         return 2.0 * (self.error(level, x_norm, best) + self.error(level, x_norm, codes))
+
+
+def ordinary_cap(norms: np.ndarray) -> float:
+    """The longest norm a level's ordinary codewords may have (``ExactTables``): twice the 90th
+    percentile, at most the longest; longer ones are outliers with windows of their own."""
+    return min(float(norms.max()), 2.0 * float(np.quantile(norms, 0.9)))
 
 
 def _score_table(rows: torch.Tensor, norms: torch.Tensor) -> np.ndarray:
