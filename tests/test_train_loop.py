@@ -11,10 +11,12 @@ import soundfile as sf
 import torch
 
 from spectrostream.codec import load
+from spectrostream.config import ModelConfig
+from spectrostream.errors import CheckpointError
 from spectrostream.train import checkpoint as ckpt
 from spectrostream.train import cli
 from spectrostream.train.config import TrainConfig
-from spectrostream.train.export import export_model
+from spectrostream.train.export import CODEBOOKS, export_average, export_model
 from spectrostream.train.loop import (
     DivergedError,
     TrainingError,
@@ -221,6 +223,61 @@ def test_export_round_trip(trained_run, tmp_path):
         assert (codec16.model(x) - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
 
 
+def _perturbed_copy(source: Path, run: Path, scale: float, seed: int) -> Path:
+    """A copy of ``source`` whose generator weights are moved by ``scale`` (relative)."""
+    state = ckpt.load_checkpoint(source)
+    gen = torch.Generator().manual_seed(seed)
+    for v in state["generator"].values():
+        if v.is_floating_point():
+            v.add_(scale * v.abs().mean() * torch.randn(v.shape, generator=gen))
+    state = {k: v for k, v in state.items() if k not in ("format", "version")}
+    return ckpt.save_checkpoint(run, state, keep=1)
+
+
+def test_export_of_several_checkpoints_averages_their_networks(trained_run, tmp_path):
+    """Networks are averaged after folding weight norm; the codebooks are the first's; unrelated
+    runs and different model configs are refused; the CLI names every source."""
+    near = _perturbed_copy(ckpt.latest_checkpoint(trained_run), tmp_path / "near", 0.05, 1)
+    out = tmp_path / "avg.safetensors"
+    used = export_average([trained_run, near], out)
+    assert [step for _, step in used] == [4, 4] and used[1][0] == near
+    export_model(trained_run, tmp_path / "a.safetensors")
+    export_model(near, tmp_path / "b.safetensors")
+    a, b, avg = (
+        load(tmp_path / n).model.state_dict()
+        for n in ("a.safetensors", "b.safetensors", "avg.safetensors")
+    )
+    assert torch.equal(avg[CODEBOOKS], a[CODEBOOKS]) and not torch.equal(a[CODEBOOKS], b[CODEBOOKS])
+    nets = [k for k in avg if k != CODEBOOKS and avg[k].is_floating_point()]
+    assert nets and not all(torch.equal(a[k], b[k]) for k in nets)
+    for k in nets:
+        torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2, atol=1e-6, rtol=1e-5)
+    # One checkpoint twice is that checkpoint.
+    export_average([trained_run, trained_run], tmp_path / "same.safetensors")
+    same = load(tmp_path / "same.safetensors").model.state_dict()
+    assert all(torch.allclose(same[k], a[k], atol=1e-7) for k in a)
+    far = _perturbed_copy(ckpt.latest_checkpoint(trained_run), tmp_path / "far", 2.0, 2)
+    with pytest.raises(CheckpointError, match="did not start from one model"):
+        export_average([trained_run, far], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+    args = Namespace(
+        run=[str(trained_run), str(near)], output=str(tmp_path / "c.safetensors"), fp16=True
+    )
+    assert cli.run_export(args) == 0
+    assert load(tmp_path / "c.safetensors").num_levels == 8
+
+
+def test_export_refuses_to_average_different_models(trained_run, tmp_path):
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(trained_run))
+    cfg = ModelConfig.from_json(state["model_config"]).with_(num_levels=4)
+    other = build_model(cfg)
+    state = {k: v for k, v in state.items() if k not in ("format", "version")}
+    state.update(model_config=cfg.to_json(), generator=other.state_dict())
+    path = ckpt.save_checkpoint(tmp_path / "other", state, keep=1)
+    with pytest.raises(CheckpointError, match="model config differs"):
+        export_average([trained_run, path], tmp_path / "x.safetensors")
+
+
 def test_init_from_exported_model_reproduces_it(trained_run, tmp_path):
     out = tmp_path / "model.safetensors"
     export_model(trained_run, out)
@@ -266,7 +323,7 @@ def test_cli_errors_are_exit_code_2(tmp_path, capsys):
     assert cli.run_train(_args(config=str(bad))) == 2
     assert "unknown keys in [data]" in capsys.readouterr().err
     args = Namespace(
-        run=str(tmp_path / "nothing"), output=str(tmp_path / "m.safetensors"), fp16=False
+        run=[str(tmp_path / "nothing")], output=str(tmp_path / "m.safetensors"), fp16=False
     )
     assert cli.run_export(args) == 2
     assert "no such run folder" in capsys.readouterr().err

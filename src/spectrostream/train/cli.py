@@ -2,7 +2,7 @@
 
 spectrostream train CONFIG.toml [--data DIR ...] [--out RUN_DIR] [--resume] [--init MODEL]
 torchrun --nproc_per_node N -m spectrostream train CONFIG.toml ...
-spectrostream export RUN_DIR -o model.safetensors [--fp16]
+spectrostream export RUN_DIR [RUN_DIR ...] -o model.safetensors [--fp16]
 """
 
 from __future__ import annotations
@@ -52,7 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser(
         "export", help="export a training run to a .safetensors model (weight norm folded)"
     )
-    e.add_argument("run", metavar="RUN_DIR", help="run folder (newest checkpoint) or a .pt file")
+    e.add_argument(
+        "run",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="run folder (newest checkpoint) or a .pt file; several: their networks are "
+        "averaged (runs from one start, or one run's last checkpoints), codebooks from the first",
+    )
     e.add_argument("-o", "--output", required=True, help="output .safetensors path")
     e.add_argument("--fp16", action="store_true", help="store weights as float16")
     e.set_defaults(func=run_export)
@@ -88,10 +94,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 @exit_status
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .export import export_average
 
-    path, step = export_model(args.run, args.output, fp16=args.fp16)
-    print(f"exported {path} (step {step}) -> {args.output}", file=sys.stderr)
+    used = export_average(args.run, args.output, fp16=args.fp16)
+    what = ", ".join(f"{path} (step {step})" for path, step in used)
+    kind = "the average of " if len(used) > 1 else ""
+    print(f"exported {kind}{what} -> {args.output}", file=sys.stderr)
     return 0
 
 
