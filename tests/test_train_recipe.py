@@ -189,6 +189,8 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     configs = Path(__file__).resolve().parents[1] / "configs"
     parsed = {p.stem: TrainConfig.from_toml(p) for p in sorted(configs.glob("*.toml"))}
     assert {"cpu_default", "cpu_default_v0", "gpu_round"} <= set(parsed)
+    candidate = [TrainConfig.from_toml(p) for p in sorted(configs.glob("candidate_v5/*.toml"))]
+    assert len(candidate) == 3 and candidate[-1].loss.envelope_per_octave == 12
     # --init needs the same network: the GPU round continues whatever the CPU recipe made.
     net = parsed["cpu_default"].model_config()
     assert parsed["gpu_round"].model_config() == net == parsed["cpu_default_v0"].model_config()
