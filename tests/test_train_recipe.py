@@ -189,8 +189,6 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     configs = Path(__file__).resolve().parents[1] / "configs"
     parsed = {p.stem: TrainConfig.from_toml(p) for p in sorted(configs.glob("*.toml"))}
     assert {"cpu_default", "cpu_default_v0", "gpu_round"} <= set(parsed)
-    candidate = [TrainConfig.from_toml(p) for p in sorted(configs.glob("candidate_v5/*.toml"))]
-    assert len(candidate) == 3 and candidate[-1].loss.envelope_per_octave == 12
     # --init needs the same network: the GPU round continues whatever the CPU recipe made.
     net = parsed["cpu_default"].model_config()
     assert parsed["gpu_round"].model_config() == net == parsed["cpu_default_v0"].model_config()
@@ -200,8 +198,13 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     stages += sorted((configs / "default_v3").glob("stage*.toml"))
     # v4: two GPU rounds (the GPU round's config as it then stood), then stages 10-11 on the CPU.
     stages += sorted((configs / "default_v4").glob("*.toml"))
-    assert len(stages) == 13
     assert [p.stem for p in stages[-4:]] == ["gpu_round1", "gpu_round2", "stage10", "stage11"]
+    # v5: three CPU stages from v4's file, the last two with the envelope in twelfth octaves.
+    v5 = sorted((configs / "default_v5").glob("stage*.toml"))
+    assert [p.stem for p in v5] == ["stage12", "stage13", "stage14"]
+    assert [TrainConfig.from_toml(p).loss.envelope_per_octave for p in v5] == [6, 12, 12]
+    stages += v5
+    assert len(stages) == 16
     for p in stages:
         assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):
