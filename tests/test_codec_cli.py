@@ -228,6 +228,15 @@ def test_cli_file_round_trip_info_transcode(model_file, tmp_path, run_cli):
     assert sf.info(str(tmp_path / "rt.wav")).frames == x.shape[1]
     r = run_cli("info", tmp_path / "b.ssc")
     assert r.returncode == 0 and b"44100" in r.stdout and b"4 " in r.stdout
+    # -o OUTPUT is the same as the positional OUTPUT (tokenize, export and eval spell it so).
+    m = ["--model", str(model_file)]
+    assert main(["encode", "-o", str(tmp_path / "d.ssc"), str(tmp_path / "in.flac"), *m]) == 0
+    assert (tmp_path / "d.ssc").read_bytes() == (tmp_path / "a.ssc").read_bytes()
+    assert (
+        main(["transcode", str(tmp_path / "a.ssc"), "-o", str(tmp_path / "e.ssc"), "--kbps", "1"])
+        == 0
+    )
+    assert (tmp_path / "e.ssc").read_bytes() == (tmp_path / "c.ssc").read_bytes()
 
 
 def test_cli_stdin_stdout(model_file, tmp_path, run_cli):
@@ -323,6 +332,10 @@ def test_cli_user_errors_exit_2(model_file, tmp_path, capsys, run_cli):
         err = capsys.readouterr().err
         assert err.startswith("spectrostream: error: ") and "Traceback" not in err, err
     assert not (tmp_path / "o.ssc").exists()  # no partial output left behind
+    for argv in (["decode", str(tmp_path / "t.txt")], ["roundtrip", "a", "b", "-o", "c"]):
+        r = run_cli(*argv)
+        assert r.returncode == 2 and b"usage: spectrostream" in r.stderr, argv
+        assert b"the output is " in r.stderr and b"Traceback" not in r.stderr, r.stderr
     r = run_cli("encode", tmp_path / "three.wav", tmp_path / "o.ssc", "--model", model_file)
     assert r.returncode == 2 and b"3 channels" in r.stderr and b"Traceback" not in r.stderr
 

@@ -391,7 +391,7 @@ def _add_coding_commands(sub: argparse._SubParsersAction) -> None:
     """encode, decode, roundtrip: audio <-> .ssc, one file or a directory tree."""
     p = sub.add_parser("encode", help="audio file or directory -> .ssc")
     p.add_argument("input", help="audio file, directory, or - for stdin")
-    p.add_argument("output", help=".ssc file, directory (a.flac -> a.flac.ssc), or - for stdout")
+    _output_arg(p, ".ssc file, directory (a.flac -> a.flac.ssc), or - for stdout")
     _levels_args(p)
     _model_arg(p)
     _device_args(p)
@@ -401,10 +401,7 @@ def _add_coding_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("decode", help=".ssc file or directory -> audio")
     p.add_argument("input", help=".ssc file, directory, or - for stdin")
-    p.add_argument(
-        "output",
-        help="audio file (.wav/.flac/.ogg), directory (a.flac.ssc -> a.flac.wav), or - (WAV)",
-    )
+    _output_arg(p, "audio file (.wav/.flac/.ogg), directory (a.flac.ssc -> a.flac.wav), or - (WAV)")
     p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
     p.add_argument(
         "--salvage",
@@ -418,13 +415,34 @@ def _add_coding_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("roundtrip", help="encode and decode in one go (listening tests)")
     p.add_argument("input", help="audio file, directory, or - for stdin")
-    p.add_argument("output", help="audio file, directory (a.flac -> a.flac.wav), or - (WAV)")
+    _output_arg(p, "audio file, directory (a.flac -> a.flac.wav), or - (WAV)")
     p.add_argument("--sr", type=sample_rate_arg, help="output sample rate (default: the original)")
     _levels_args(p)
     _model_arg(p)
     _device_args(p)
     _report_arg(p)
     p.set_defaults(func=run_roundtrip)
+
+
+def _output_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """OUTPUT after the input, or as ``-o OUTPUT`` (how tokenize, export and eval spell it)."""
+    p.add_argument("output", nargs="?", help=help_text)
+    p.add_argument(
+        "-o", "--output", dest="output_option", metavar="OUTPUT", help="the output, as an option"
+    )
+    p.set_defaults(output_parser=p)
+
+
+def _one_output(args: argparse.Namespace) -> None:
+    """Merge ``-o`` into the positional output; a usage error (exit status 2) when the output
+    is missing or given twice."""
+    if not hasattr(args, "output_option"):
+        return
+    given = [o for o in (args.output, args.output_option) if o is not None]
+    if len(given) != 1:
+        what = "is missing" if not given else "is given twice (after the input and with -o)"
+        args.output_parser.error(f"the output {what}")
+    args.output = given[0]
 
 
 def _add_tokenize_command(sub: argparse._SubParsersAction) -> None:
@@ -456,7 +474,7 @@ def _add_bitstream_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("transcode", help="keep fewer RVQ levels of an .ssc file, without decoding")
     p.add_argument("input", help=".ssc file, or - for stdin")
-    p.add_argument("output", help=".ssc file, or - for stdout")
+    _output_arg(p, ".ssc file, or - for stdout")
     _levels_args(p)
     p.add_argument("--force", action="store_true", help="allow .ssc data under an audio file name")
     p.set_defaults(func=run_transcode)
@@ -518,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; the exit status comes from :func:`errors.exit_status`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _one_output(args)
     if getattr(args, "threads", None) is not None:
         from .runtime import set_threads  # imports torch: only when asked
 
