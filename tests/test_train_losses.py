@@ -254,6 +254,17 @@ def test_envelope_loss_is_the_band_envelope_distance_with_bounded_gradients():
     assert torch.isfinite(y.grad).all() and y.grad.abs().max() > 0
 
 
+def test_envelope_loss_over_several_band_widths_is_the_mean_of_each():
+    """``loss.envelope_per_octave = [6, 24]`` trains both widths: the loss is the mean of the
+    two distances, and a one-element list is the plain width."""
+    torch.manual_seed(5)
+    x, y = 0.1 * torch.randn(2, 2, 12000), 0.1 * torch.randn(2, 2, 12000)
+    six, fine = envelope_loss(x, y, per_octave=6), envelope_loss(x, y, per_octave=24)
+    assert fine.item() != pytest.approx(six.item(), rel=1e-3)
+    torch.testing.assert_close(envelope_loss(x, y, per_octave=[6, 24]), (six + fine) / 2)
+    torch.testing.assert_close(envelope_loss(x, y, per_octave=(12,)), envelope_loss(x, y, 12))
+
+
 @pytest.mark.parametrize(
     "loss",
     [

@@ -227,3 +227,14 @@ def test_learning_rate_warms_up_then_decays_by_cosine():
     assert lr_scale(OptimConfig(), 10_000) == 1.0  # no decay unless asked for
     with pytest.raises(TrainConfigError, match="decay"):
         TrainConfig.from_dict({"optim": {"decay_final": 0.0}})
+
+
+def test_envelope_band_widths_take_one_width_or_a_list_of_distinct_ones():
+    widths = TrainConfig.from_dict({"loss": {"envelope_per_octave": [6, 24]}}).loss
+    assert widths.envelope_widths() == (6, 24)
+    assert TrainConfig.from_dict({"loss": {"envelope_per_octave": 12}}).loss.envelope_widths() == (
+        12,
+    )
+    for bad in (0, 49, [], [6, 6], [6, 0], [6.0], True):
+        with pytest.raises(TrainConfigError, match="envelope_per_octave"):
+            TrainConfig.from_dict({"loss": {"envelope_per_octave": bad}})

@@ -95,6 +95,8 @@ class LossConfig:
     envelope: mean absolute dB difference of band energies per 21 ms frame in bands of
         1 / ``envelope_per_octave`` octave (``spectrostream.metrics.envelope_distance``): the
         time-varying spectral envelope, which decides ViSQOL (docs/training.md, "Round 5").
+        ``envelope_per_octave`` is one band width or a list of them (e.g. [6, 24]); with a
+        list the loss is the mean of the distances at each width (docs/training.md, "Round 14").
     logmag: mean absolute difference of log magnitudes of linear-frequency STFTs at
         ``logmag_scales`` (window s, hop s / 4): asks for harmonic fine structure, which the
         mel distance's bands average away.
@@ -121,7 +123,7 @@ class LossConfig:
     bandcos: float = 0.0
     stationary: float = 0.0
     envelope: float = 0.0
-    envelope_per_octave: int = ENVELOPE_PER_OCTAVE
+    envelope_per_octave: int | tuple[int, ...] = ENVELOPE_PER_OCTAVE
     logmag: float = 0.0
     ifreq: float = 0.0
     gdelay: float = 0.0
@@ -133,6 +135,18 @@ class LossConfig:
     mel_scales: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     # Adversarial losses start after this many steps (0 = from the start, as in the paper).
     adv_start_step: int = 0
+
+    def envelope_widths(self) -> tuple[int, ...]:
+        """``envelope_per_octave`` as a tuple of distinct band widths, each 1..48."""
+        w = self.envelope_per_octave
+        widths = w if isinstance(w, tuple) else (w,)
+        ok = widths and all(type(v) is int and 1 <= v <= 48 for v in widths)
+        if not ok or len(set(widths)) != len(widths):
+            raise TrainConfigError(
+                "loss.envelope_per_octave must be an integer in 1..48 or a non-empty list of "
+                f"distinct such integers, got {w!r}"
+            )
+        return widths
 
     def lambdas(self) -> dict[str, float]:
         """Loss key -> weight, keys as logged ("mel/loss", "adv/gen", ...)."""
@@ -262,8 +276,7 @@ class TrainConfig:
             raise TrainConfigError("loss.mel_scales must be powers of two >= 16")
         if not self.loss.logmag_scales or any(s < 16 for s in self.loss.logmag_scales):
             raise TrainConfigError("loss.logmag_scales must be a non-empty list of sizes >= 16")
-        if not 1 <= self.loss.envelope_per_octave <= 48:
-            raise TrainConfigError("loss.envelope_per_octave must be an integer in 1..48")
+        self.loss.envelope_widths()  # validates loss.envelope_per_octave
         r = self.run
         if min(r.log_every, r.val_every, r.ckpt_every, r.keep_checkpoints) < 1:
             raise TrainConfigError("run: log_every, val_every, ckpt_every, keep_checkpoints >= 1")

@@ -277,14 +277,17 @@ def stationary_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def envelope_loss(
-    x: torch.Tensor, y: torch.Tensor, per_octave: int = ENVELOPE_PER_OCTAVE
+    x: torch.Tensor, y: torch.Tensor, per_octave: int | Sequence[int] = ENVELOPE_PER_OCTAVE
 ) -> torch.Tensor:
     """Mean absolute dB difference of band energies (1 / ``per_octave`` octave) per 21 ms frame
     (the metric ``spectrostream.metrics.envelope_distance``), averaged over the batch and
     channels: the time-varying spectral envelope, which ViSQOL hears first (docs/training.md,
-    "Round 5")."""
+    "Round 5"). Several band widths give the mean of the distances at each ("Round 14")."""
+    widths = (per_octave,) if isinstance(per_octave, int) else tuple(per_octave)
     with fp32(x.device):
-        return envelope_distance(x.float(), y.float(), per_octave=per_octave).mean()
+        x, y = x.float(), y.float()
+        total = sum(envelope_distance(x, y, per_octave=w).mean() for w in widths)
+        return total / len(widths)
 
 
 def compressed_stft_loss(x: torch.Tensor, y: torch.Tensor, power: float = 0.3) -> torch.Tensor:

@@ -66,7 +66,7 @@ def _plain_losses(lc: LossConfig, logmag: LogMagnitudeLoss) -> dict[str, LossFn]
         "stft/compressed": functools.partial(compressed_stft_loss, power=lc.cstft_power),
         "stft/bandcos": band_cosine_loss,
         "stft/stationary": stationary_loss,
-        "stft/envelope": functools.partial(envelope_loss, per_octave=lc.envelope_per_octave),
+        "stft/envelope": functools.partial(envelope_loss, per_octave=lc.envelope_widths()),
         "stft/logmag": logmag,
         "stft/ifreq": functools.partial(phase_advance_loss, axis="time"),
         "stft/gdelay": functools.partial(phase_advance_loss, axis="freq"),
