@@ -201,6 +201,22 @@ def test_cli_calibrate_and_int8_roundtrip(tiny, run_cli, tmp_path):
     assert sr == 48000 and y.shape[0] >= 48000 and np.isfinite(y).all()
 
 
+def test_cli_calibrate_never_overwrites_its_music_or_its_model(tiny, tmp_path, capsys):
+    """-o naming one of the calibration clips (or a link to one), or the model file itself, is
+    a one-line refusal before any work; both stay byte for byte."""
+    path, _ = tiny
+    src = tmp_path / "in.wav"
+    sf.write(src, clip("guitar.flac", 0.3).numpy().T, 48000)
+    (tmp_path / "link.json").symlink_to(src)
+    before = src.read_bytes(), Path(path).read_bytes()
+    for out in (src, tmp_path / "link.json", path):
+        status = main(["calibrate-int8", "--model", str(path), str(tmp_path), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1, err
+        assert "refusing to overwrite the input" in err, err
+    assert (src.read_bytes(), Path(path).read_bytes()) == before
+
+
 def test_cli_int8_refusals_are_one_line(tmp_path, capsys):
     src = tmp_path / "in.wav"
     sf.write(src, clip("guitar.flac", 0.2).numpy().T, 48000)

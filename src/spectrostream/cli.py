@@ -316,10 +316,13 @@ def run_calibrate_int8(args: argparse.Namespace) -> int:
 
     from . import audio_io
     from .codec import int8_calibration_path, load, write_int8_calibration
+    from .files import check_output_not_input
     from .weights import resolve_model
 
     paths = _audio_files(args.audio)
-    out = args.output or int8_calibration_path(resolve_model(args.model, args.revision))
+    model_file = resolve_model(args.model, args.revision)
+    out = args.output or int8_calibration_path(model_file)
+    check_output_not_input(str(out), [*paths, str(model_file)])
     codec = load(args.model, revision=args.revision, device="cpu")
     clips = []
     for path in paths:

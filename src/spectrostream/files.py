@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,13 +136,31 @@ def _below(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def _inodes(paths: Iterable[str]) -> dict[tuple[int, int], str]:
+    """(device, inode) -> path of each existing file (a link and its target share one)."""
+    found = {}
+    for path in paths:
+        if path != STDIO and os.path.exists(path):
+            st = os.stat(path)
+            found[(st.st_dev, st.st_ino)] = path
+    return found
+
+
+def _refuse_input(dst: str, inputs: dict[tuple[int, int], str]) -> None:
+    if dst != STDIO and os.path.exists(dst):
+        st = os.stat(dst)
+        if (st.st_dev, st.st_ino) in inputs:
+            raise OutputError(f"{dst}: refusing to overwrite the input {inputs[st.st_dev, st.st_ino]}")
+
+
+def check_output_not_input(dst: str, inputs: Iterable[str]) -> None:
+    """Refuse one output that is any of several inputs (path, hard link or symlink)."""
+    _refuse_input(dst, _inodes(inputs))
+
+
 def check_plan(pairs: list[tuple[str, str]]) -> None:
     """Refuse outputs that are inputs (path, hard link or symlink) or that two inputs share."""
-    inputs = {}
-    for src, _ in pairs:
-        if src != STDIO and os.path.exists(src):
-            st = os.stat(src)
-            inputs[(st.st_dev, st.st_ino)] = src
+    inputs = _inodes(src for src, _ in pairs)
     seen: dict[str, str] = {}
     clashes = []
     for src, dst in pairs:
@@ -152,12 +170,7 @@ def check_plan(pairs: list[tuple[str, str]]) -> None:
         if key in seen:
             clashes.append(f"{seen[key]} and {src} -> {dst}")
         seen[key] = src
-        if os.path.exists(dst):
-            st = os.stat(dst)
-            if (st.st_dev, st.st_ino) in inputs:
-                raise OutputError(
-                    f"{dst}: refusing to overwrite the input {inputs[(st.st_dev, st.st_ino)]}"
-                )
+        _refuse_input(dst, inputs)
     if clashes:
         raise OutputError(f"outputs would collide: {'; '.join(clashes[:5])}")
 
