@@ -411,6 +411,13 @@ def test_eval_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     empty.mkdir()
     assert _run_cli(["--data", str(empty), "--baseline", "opus", "-o", out]) == 2
     assert "no audio files" in capsys.readouterr().err
+    # The report's directory is its own: not the clips' folder, not an existing file.
+    before = sorted(data.iterdir())
+    assert _run_cli(["--data", str(data), "--baseline", "opus", "-o", str(data)]) == 2
+    assert "is the --data directory" in capsys.readouterr().err
+    assert _run_cli(["--data", str(data), "--baseline", "opus", "-o", str(data / "x.wav")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert sorted(data.iterdir()) == before
 
 
 class _BrokenCodec:

@@ -86,6 +86,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if args.model is None and not settings.baselines:
         raise EvalError("give --model, --baseline opus, or both")
+    _check_output(Path(args.output), Path(args.data))
     codec = None
     model_info = None
     if args.model is not None:
@@ -110,6 +111,15 @@ def run_eval(args: argparse.Namespace) -> int:
         f"({failed} failure(s)) in {result.seconds:.0f} s"
     )
     return 0
+
+
+def _check_output(out: Path, data: Path) -> None:
+    """The report goes into a directory of its own: not an existing file, not --data itself
+    (the report's files and media would be mixed into the clips)."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"{out}: exists and is not a directory; -o names the report directory")
+    if out.is_dir() and data.is_dir() and out.resolve() == data.resolve():
+        raise EvalError(f"{out}: is the --data directory; give the report a directory of its own")
 
 
 def _check_rates_for_codec(codec: object, settings: EvalSettings) -> None:

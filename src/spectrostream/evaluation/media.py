@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spectrostream.atomic import atomic_path
 from spectrostream.audio_io import write_audio
 from spectrostream.evaluation.metrics import stft_magnitude_and_phase
 
@@ -25,7 +26,8 @@ def write_listening_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: 
     if fmt not in LISTEN_SUBTYPES:
         raise ValueError(f"unknown listening format {fmt!r}")
     level = VORBIS_COMPRESSION_LEVEL if fmt == "ogg" else None
-    write_audio(path, audio, sample_rate, LISTEN_SUBTYPES[fmt], compression_level=level)
+    with atomic_path(path) as tmp:
+        write_audio(tmp, audio, sample_rate, LISTEN_SUBTYPES[fmt], compression_level=level)
 
 
 def spectrogram_image(audio: np.ndarray) -> np.ndarray:
@@ -49,11 +51,12 @@ def write_spectrogram(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
     del sample_rate  # the axis is always 0 .. sr/2; kept for a uniform call
     image = spectrogram_image(audio)
-    imsave(
-        path,
-        image,
-        cmap="magma",
-        origin="lower",
-        vmin=float(image.max()) - SPECTROGRAM_RANGE_DB,
-        vmax=float(image.max()),
-    )
+    with atomic_path(path) as tmp:
+        imsave(
+            tmp,
+            image,
+            cmap="magma",
+            origin="lower",
+            vmin=float(image.max()) - SPECTROGRAM_RANGE_DB,
+            vmax=float(image.max()),
+        )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from spectrostream.atomic import atomic_path
 from spectrostream.evaluation import page
 from spectrostream.evaluation.baselines import OPUS_MIN_KBPS
 from spectrostream.evaluation.runner import CellResult, EvalReport
@@ -392,7 +393,8 @@ def plot_quality(report: EvalReport, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def write_all(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:
@@ -400,14 +402,18 @@ def write_all(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
-    markdown = render_markdown(report)
-    paths["report.md"].write_text(markdown, encoding="utf-8")
-    paths["report.json"].write_text(render_json(report), encoding="utf-8")
+    _write_text(paths["report.md"], render_markdown(report))
+    _write_text(paths["report.json"], render_json(report))
     plot_quality(report, paths["quality_vs_kbps.png"])
     headline = "visqol_speech" if report.settings.visqol else "mel_distance"
     summary_html = _html_table(report, headline)
-    paths["index.html"].write_text(page.render_index(report, summary_html), encoding="utf-8")
+    _write_text(paths["index.html"], page.render_index(report, summary_html))
     return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def _html_table(report: EvalReport, key: str) -> str:
