@@ -150,7 +150,9 @@ def _refuse_input(dst: str, inputs: dict[tuple[int, int], str]) -> None:
     if dst != STDIO and os.path.exists(dst):
         st = os.stat(dst)
         if (st.st_dev, st.st_ino) in inputs:
-            raise OutputError(f"{dst}: refusing to overwrite the input {inputs[st.st_dev, st.st_ino]}")
+            raise OutputError(
+                f"{dst}: refusing to overwrite the input {inputs[st.st_dev, st.st_ino]}"
+            )
 
 
 def check_output_not_input(dst: str, inputs: Iterable[str]) -> None:
