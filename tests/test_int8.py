@@ -157,7 +157,12 @@ def test_seven_bit_weights_bound_the_int16_pair_sums():
     x = (torch.randn(1, 8, 5, 12) * 2).clamp(-1, 3)
     with torch.inference_mode():
         ref = conv(x)
-        assert snr_db(ref, q7(x)) > 25 and snr_db(ref, q8(x)) > snr_db(ref, q7(x)) - 1
+        snr7, snr8 = snr_db(ref, q7(x)), snr_db(ref, q8(x))
+    assert snr7 > 25
+    if int8.int16_pairs_saturate():  # AVX2 kernels: measured 19.3 dB against 40.6 on CI
+        assert snr8 < snr7 - 3 and int8.default_weight_bits() == 7
+    else:  # VNNI: 8-bit weights are no worse
+        assert snr8 > snr7 - 1
     with pytest.raises(ValueError, match="weight bits"):
         Int8Conv2d(conv, (-1.0, 3.0), weight_bits=6)
 
@@ -245,7 +250,7 @@ def test_transposed_convs_become_ordinary_convs_exactly():
             eq, _, _ = int8._phase_conv(conv)
             q.inner = eq  # the same rewrite, run in float32
             assert torch.allclose(q(x), ref, atol=1e-6)
-            got = int8.Int8ConvTranspose2d(conv, (-1.0, 3.0))(x)
+            got = int8.Int8ConvTranspose2d(conv, (-1.0, 3.0), int8.default_weight_bits())(x)
         assert got.shape == ref.shape and snr_db(ref, got) > 30
 
 
@@ -297,7 +302,8 @@ def test_int8_on_onednn_avx2_kernels_equals_vnni_with_seven_bit_weights():
         "import sys, warnings, torch, numpy as np; warnings.filterwarnings('ignore');"
         "from spectrostream import int8, load;"
         "y = load(int8=True).decode(torch.from_numpy(np.load(sys.argv[1])));"
-        "np.save(sys.argv[2], y.numpy()); print(int8.default_weight_bits())"
+        "np.save(sys.argv[2], y.numpy());"
+        "print(int8.default_weight_bits(), int8.int16_pairs_saturate())"
     )
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/codes.npy", codes.numpy())
@@ -305,7 +311,7 @@ def test_int8_on_onednn_avx2_kernels_equals_vnni_with_seven_bit_weights():
         cmd = [sys.executable, "-c", script, f"{tmp}/codes.npy", f"{tmp}/y.npy"]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         y_avx2 = torch.from_numpy(np.load(f"{tmp}/y.npy"))
-    assert out.stdout.split() == ["7"]
+    assert out.stdout.split() == ["7", "True"]  # the probe sees the saturation itself
     calibration = read_int8_calibration(int8_calibration_path(MODELS_DIR / "default.safetensors"))
     y_vnni = load().quantize_int8(calibration, weight_bits=7).decode(codes)
     # Measured 79.5 dB with default v3 and 55.7 dB with v4 (why v4's gap is larger was not

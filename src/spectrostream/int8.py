@@ -24,6 +24,7 @@ file (:class:`Int8Calibration`) keyed by the model id, which ``load(int8=True)``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -71,9 +72,27 @@ def cpu_has_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+@functools.lru_cache(maxsize=1)
+def int16_pairs_saturate() -> bool:
+    """True where this process's oneDNN int8 convolution saturates on 8-bit weights: a probe
+    conv (32 -> 16 channels, 3x3, a shape like the model's) whose every product is 255 x 127,
+    so an int16 pair sum (2 x 32385 > 32767) clips and the output falls to about half of the
+    exact 288. Run once per process; a kernel that cannot run at all counts as saturating."""
+    conv = nn.Conv2d(32, 16, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    try:
+        with torch.inference_mode():
+            y = Int8Conv2d(conv, (0.0, 1.0), weight_bits=8)(torch.ones(1, 32, 6, 6))
+    except (RuntimeError, AttributeError):
+        return True
+    return not torch.allclose(y[..., 1:-1, 1:-1], torch.full_like(y[..., 1:-1, 1:-1], 288.0))
+
+
 def default_weight_bits() -> int:
-    """8-bit weights (-127..127) with VNNI, 7-bit (-63..63) without: no int16 saturation."""
-    return 8 if cpu_has_vnni() else 7
+    """8-bit weights (-127..127) where the CPU has VNNI and the int8 kernel does not saturate
+    (:func:`int16_pairs_saturate`), 7-bit (-63..63) otherwise: no int16 saturation."""
+    return 8 if cpu_has_vnni() and not int16_pairs_saturate() else 7
 
 
 def _qconv_op():
