@@ -204,7 +204,12 @@ def test_configs_parse_and_the_gpu_round_continues_the_cpu_default():
     assert [p.stem for p in v5] == ["stage12", "stage13", "stage14"]
     assert [TrainConfig.from_toml(p).loss.envelope_per_octave for p in v5] == [6, 12, 12]
     stages += v5
-    assert len(stages) == 16
+    # v6: h2 from v5's file (--init), then two resumed cycles, sixth + 24th octave envelope.
+    v6 = sorted((configs / "default_v6").glob("stage*.toml"))
+    assert [p.stem for p in v6] == ["stage15", "stage16", "stage17"]
+    assert all(TrainConfig.from_toml(p).loss.envelope_widths() == (6, 24) for p in v6)
+    stages += v6
+    assert len(stages) == 19
     for p in stages:
         assert TrainConfig.from_toml(p).model_config() == net, p.name
     for name in ("cpu_default", "gpu_round"):

@@ -46,7 +46,7 @@ NAMED_MODELS = {
     ),
     DEFAULT_MODEL: NamedModel(
         DEFAULT_MODEL,
-        "placeholder: quarter width, trained 36,789 steps (5,626 of them on a GPU); far below Opus (shipped)",
+        "placeholder: quarter width, trained 41,589 steps (5,626 of them on a GPU); far below Opus (shipped)",
         "Apache-2.0",
     ),
 }
