@@ -204,3 +204,89 @@ def test_outliers_far_is_a_sound_shortcut():
         approx = tab.rank(0, aug, x[None].contiguous())
         best = int(approx.argmin())
         assert tab.outliers_far(0, float(x.norm()), best, float(approx[best])) == far
+
+
+def _brute(books: torch.Tensor, frame: np.ndarray) -> np.ndarray:
+    """float64_search of one frame given as 2 x embedding [D]."""
+    emb = torch.from_numpy(frame / 2.0)[None, :, None]
+    return float64_search(books, emb, books.shape[0])[0, :, 0].numpy()
+
+
+def test_a_changed_decision_searches_the_later_levels_again(ranking, monkeypatch):
+    """One frame's levels first take the argmin of their scores, all are then checked at once;
+    where the float64 re-rank changes a level's code, the levels after it are searched again
+    from the new residual. Forced here: twin codewords 1e-6 apart, and scores perturbed within
+    the error bound the window allows for, so that the argmin often picks the wrong twin."""
+    g = torch.Generator().manual_seed(8)
+    levels, k, d = 6, 64, 16
+    base = torch.randn(levels, k // 2, d, generator=g) * 0.6 ** torch.arange(levels)[:, None, None]
+    books = torch.cat([base, base * (1 + 1e-6)], 1)
+    q = ResidualVQ(levels, k, d)
+    q.codebooks.copy_(books)
+    tab = q.search_tables().exact
+    real_rank, noise = tab.rank, np.random.default_rng(0)
+
+    def perturbed(level, aug, x):
+        out = real_rank(level, aug, x)
+        x_norm = float(np.linalg.norm(aug[:d]))
+        c = tab.norms[level]
+        err = 0.4 * tab.bound / 2 * (c * c + x_norm * c)  # within the proven error
+        return (out + noise.uniform(-1, 1, out.shape) * err).astype(np.float32)
+
+    monkeypatch.setattr(tab, "rank", perturbed)
+    starts = []
+    real_pass = quantizer._argmin_levels
+    monkeypatch.setattr(
+        quantizer, "_argmin_levels", lambda t, a, s, *r: starts.append(s) or real_pass(t, a, s, *r)
+    )
+    for _ in range(30):
+        frame = (2.0 * books[np.arange(levels), noise.integers(0, k, levels)].sum(0)).numpy()
+        frame += noise.normal(0, 1e-3, d).astype(np.float32)
+        codes, _ = quantizer.exact_search(frame[None].copy(), tab, levels, False)
+        assert np.array_equal(codes[0], _brute(books, frame))
+    assert sum(s > 0 for s in starts) >= 5  # the later levels were searched again
+
+
+def test_copied_codewords_are_never_candidates(ranking, monkeypatch):
+    """A codeword equal to one of lower index (trained codebooks hold thousands) can only tie
+    with it, and the lower index wins: it is ranked out, so an input next to such a pair takes
+    the lower index without a re-rank."""
+    g = torch.Generator().manual_seed(9)
+    books = torch.randn(2, 32, 8, generator=g)
+    books[:, 20] = books[:, 3]
+    books[:, 31] = books[:, 3]
+    q = ResidualVQ(2, 32, 8)
+    q.codebooks.copy_(books)
+    reranked = []
+    real = quantizer._rerank
+    monkeypatch.setattr(
+        quantizer, "_rerank", lambda t, r, c: reranked.append(c.tolist()) or real(t, r, c)
+    )
+    emb = (books[0, 3] + 0.5 * books[1, 3])[None, :, None]
+    assert q.encode(emb)[0, :, 0].tolist() == [3, 3]
+    assert q.encode(emb.repeat(1, 1, 3))[0, :, 0].tolist() == [3, 3]
+    assert not reranked
+
+
+def test_compiled_first_pass_gives_the_exact_codes(ranking):
+    """``step.CompiledSearch`` (the compiled first pass of a stream step's search) on the
+    shipped model's first 8 levels and real music: per frame, the codes of the brute-force
+    float64 search and of the eager search."""
+    from spectrostream import step
+
+    codec = load()
+    audio, _ = audio_io.read_audio(EVAL / "castanets.flac", sample_rate=SAMPLE_RATE)
+    with torch.inference_mode():
+        emb = codec.model.encode_embeddings(torch.from_numpy(audio[None, :, :SAMPLE_RATE]))
+    books = codec.model.quantizer.codebooks[:8].clone()
+    q = ResidualVQ(*books.shape)
+    q.codebooks.copy_(books)
+    search = step.compiled_search(q, 8)
+    if search is None:
+        pytest.skip("torch.compile is not available here")
+    twice = (2.0 * emb[0].T).contiguous().numpy()
+    for frame in twice:
+        got, _ = quantizer.exact_search(frame[None].copy(), search.tables, 8, False, search)
+        want, _ = quantizer.exact_search(frame[None].copy(), search.tables, 8, False)
+        assert np.array_equal(got[0], want[0])
+        assert np.array_equal(got[0], _brute(books.float(), frame))

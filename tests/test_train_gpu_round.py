@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import sys
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
 def test_gpu_round_smoke(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", PYTHON="python")
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", PYTHON=sys.executable)
     env["PYTHONPATH"] = str(ROOT / "src")
     r = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_round.sh"), "--smoke"],

@@ -22,7 +22,7 @@ from .dsp import ISTFT, STFT
 from .encoder import Encoder
 from .errors import UsageError
 from .quantizer import ResidualVQ
-from .step import CompiledStep, compiled_step
+from .step import CompiledSearch, CompiledStep, compiled_search, compiled_step
 from .streaming import (
     FrameBuffer,
     clone_state,
@@ -205,7 +205,9 @@ class StreamingEncoder(_Stream):
 
     Code frame j is emitted once samples up to 1920 j + 2399 have been pushed. ``compiled=True``
     runs the encoder network of each single code frame (batch 1) through
-    :class:`spectrostream.step.CompiledStep` (compiled on first use; ~1e-6 rounding differences). ``flush()``
+    :class:`spectrostream.step.CompiledStep` (compiled on first use; ~1e-6 rounding differences),
+    and the first pass of its RVQ search through :class:`spectrostream.step.CompiledSearch`
+    (the same codes as the eager search for the same embedding). ``flush()``
     zero-fills the end exactly as the offline path does, so the concatenated output equals
     ``model.encode(all_audio)``. The network only ever sees whole code frames (groups of four
     STFT frames; the rest waits in a buffer), so a stream of 40 ms chunks runs it with the same
@@ -232,6 +234,7 @@ class StreamingEncoder(_Stream):
         self._step = _compiled_step(model, "encoder", compiled)
         super().__init__({"stft": model.stft, "encoder": model.encoder}, split)
         self.model, self.levels = model, levels
+        self._first_pass()  # compiles the search now, as the step
         self.samples_in = 0
         self._frames: FrameBuffer | None = None  # STFT frames of an incomplete code frame
         self.batch: int | None = None  # fixed by the first push
@@ -280,7 +283,14 @@ class StreamingEncoder(_Stream):
         if not audio.is_floating_point():
             raise UsageError(f"audio must be float samples, got {audio.dtype}")
         self.batch = batch
-        return self.model.quantizer.encode(self.push_embeddings(audio), self.levels)
+        emb = self.push_embeddings(audio)
+        return self.model.quantizer.encode(emb, self.levels, first_pass=self._first_pass())
+
+    def _first_pass(self) -> CompiledSearch | None:
+        """With ``compiled=True`` on the CPU, the compiled first pass of the RVQ search."""
+        if self._step is None or self.model.quantizer.codebooks.device.type != "cpu":
+            return None
+        return compiled_search(self.model.quantizer, self.levels or self.model.config.num_levels)
 
     def flush_embeddings(self, batch: int, channels: int) -> torch.Tensor:
         frames = -(-self.samples_in // SAMPLES_PER_CODE)

@@ -53,6 +53,10 @@ class SearchTables:
         return self._transposed
 
 
+# The ranking bias of a codeword that repeats one of lower index: finite (compiled code may
+# assume finite math), far above any real score, so never the best nor within a window.
+COPY_BIAS = 2.0**126
+
 # The exact CPU search ranks with fbgemm's float16-weight product where it exists (x86): it reads
 # half the bytes of float32 codebooks (the search is memory-bound); the weights' float16
 # rounding error widens the re-rank window (ExactTables.window). False: float32 numpy ranking.
@@ -70,7 +74,9 @@ class ExactTables:
     Ranking (``rank``), one of: ``half``, per level fbgemm float16 packs of -fp16(c_k) with
     the float32 bias ||c_k||^2, and ``half_error`` [K] = ||c_k - fp16(c_k)||, which adds
     ||x|| half_error_k to score k's error; or ``scores``, per level [D+1, K] float32: -c_k as
-    columns over ||c_k||^2, so [x, 1] @ scores = ||c||^2 - x . c in one product.
+    columns over ||c_k||^2, so [x, 1] @ scores = ||c||^2 - x . c in one product. ``bias``
+    [L, K] float32: the ||c_k||^2 the rankings add, ``COPY_BIAS`` for a codeword equal to one
+    of lower index (``_copies``): it could only tie with its twin, which wins the tie.
 
     Outliers: a trained codebook can hold a few codewords far longer than the rest (default v3:
     norms near 50 where 99% are below 4-38). A window sized by the longest codeword would send
@@ -80,24 +86,29 @@ class ExactTables:
     level). Which codewords count as outliers changes the speed only, never the codes."""
 
     rows: list[np.ndarray]
-    norms: list[np.ndarray]
+    norms: np.ndarray  # [L, K]
     bound: float
     half: list[object] | None = None
-    half_error: list[np.ndarray] | None = None
+    half_error: np.ndarray | None = None  # [L, K]
     scores: list[np.ndarray] | None = None
-    cap: list[tuple[float, float]] = field(default_factory=list)  # (norm, half error) caps
+    cap: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [L, (norm, half error)]
     outliers: list[np.ndarray] = field(default_factory=list)
-    # per level: (the shortest outlier's float32 norm, the longest's norm, their largest half
-    # error), for a scalar test that no outlier can come near (``outliers_far``)
-    outlier_span: list[tuple[float, float, float]] = field(default_factory=list)
+    # [L, 3]: per level the shortest outlier's float32 norm, the longest's norm, their largest
+    # half error, for a test that no outlier can come near (``outliers_far``)
+    outlier_span: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    has_outliers: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [L]
+    bias: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     @classmethod
     def build(cls, rows: list[torch.Tensor], norms: list[torch.Tensor]) -> ExactTables:
         tab = cls(
             rows=[r.numpy() for r in rows],
-            norms=[n.double().sqrt().numpy() for n in norms],
+            norms=np.stack([n.double().sqrt().numpy() for n in norms]) if norms else np.zeros(0),
             bound=rounding_bound(rows[0].shape[1] + 1) if rows else 0.0,
         )
+        # a copy of a lower-index codeword never wins (ties go to the lower index)
+        norms = [n.masked_fill(_copies(r), COPY_BIAS) for r, n in zip(rows, norms, strict=True)]
+        tab.bias = torch.stack(norms).numpy() if norms else np.zeros((0, 0), np.float32)
         if not (HALF_CPU_RANKING and rows and tab._build_half(rows, norms)):
             tab.scores = [_score_table(r, n) for r, n in zip(rows, norms, strict=True)]
         tab._split_outliers()
@@ -110,48 +121,53 @@ class ExactTables:
             return False
         if max(float(r.abs().max()) for r in rows) >= 60000.0:
             return False
-        self.half, self.half_error = [], []
+        self.half, self.half_error = [], np.zeros_like(self.norms)
         for level, (r, n) in enumerate(zip(rows, norms, strict=True)):
             h = r.half().float()  # exact in float16: the pack's conversion changes nothing
             self.half.append(torch.ops.quantized.linear_prepack_fp16(-h, n.contiguous()))
-            self.half_error.append((r.double() - h.double()).norm(dim=1).numpy())
+            self.half_error[level] = (r.double() - h.double()).norm(dim=1).numpy()
             self.norms[level] = np.maximum(self.norms[level], h.double().norm(dim=1).numpy())
         x = torch.randn(1, rows[0].shape[1], generator=torch.Generator().manual_seed(0))
         got = self.rank(0, np.ones(x.shape[1] + 1, np.float32), x).astype(np.float64)
         want = (norms[0].double() - rows[0].half().double() @ x[0].double()).numpy()
         c = float(self.norms[0].max())
-        if not np.all(np.abs(got - want) <= self.bound * (c * c + float(x.norm()) * c)):
+        live = self.bias[0] < COPY_BIAS
+        if not np.all(np.abs(got - want)[live] <= self.bound * (c * c + float(x.norm()) * c)):
             self.half = self.half_error = None
             return False
         return True
 
     def _split_outliers(self) -> None:
+        caps, spans = [], []
         for level, n in enumerate(self.norms):
             cap = ordinary_cap(n)
             out = np.flatnonzero(n > cap)
             herr = self.half_error[level] if self.half_error is not None else np.zeros_like(n)
             ordinary = np.delete(herr, out)
-            self.cap.append((cap, float(ordinary.max()) if ordinary.size else 0.0))
+            caps.append((cap, float(ordinary.max()) if ordinary.size else 0.0))
             self.outliers.append(out)
             if out.size:
                 exact = np.sqrt((self.rows[level][out].astype(np.float64) ** 2).sum(1))
                 span = (float(exact.min()), float(n[out].max()), float(herr[out].max()))
             else:
                 span = (0.0, 0.0, 0.0)
-            self.outlier_span.append(span)
+            spans.append(span)
+        self.cap = np.array(caps, np.float64).reshape(-1, 2)
+        self.outlier_span = np.array(spans, np.float64).reshape(-1, 3)
+        self.has_outliers = np.array([o.size > 0 for o in self.outliers], bool)
 
-    def outliers_far(self, level: int, x_norm: float, best: int, top: float) -> bool:
+    def outliers_far(self, level, x_norm, best, top):
         """True when no outlier codeword of ``level`` can lie within its window of the best
         score ``top`` (codeword ``best``), from norms alone: an outlier's exact score
         ||c||^2 - x . c is at least ||c||^2 - ||x|| ||c|| (Cauchy-Schwarz), which grows with
-        ||c|| beyond ||x|| / 2, and its float32 score errs by at most its error bound."""
-        low, high, herr = self.outlier_span[level]
-        if low <= x_norm / 2:
-            return False
+        ||c|| beyond ||x|| / 2, and its float32 score errs by at most its error bound. True for
+        a level without outliers. Scalars, or arrays of levels (and their inputs) alike."""
+        low, high, herr = self.outlier_span[level].T
         err = self.bound * (high * high + x_norm * high) + herr * x_norm
         floor = low * low - x_norm * low - err
-        limit = top + 2.0 * (float(self.error(level, x_norm, best)) + err)
-        return floor > limit + 1e-6 * abs(limit)
+        limit = top + 2.0 * (self.error(level, x_norm, best) + err)
+        far = (low > x_norm / 2) & (floor > limit + 1e-6 * np.abs(limit))
+        return ~self.has_outliers[level] | far
 
     def rank(self, level: int, aug: np.ndarray, x: torch.Tensor | None) -> np.ndarray:
         """Scores ~ ||c_k||^2 - x . c_k (float32) of every codeword k: aug = [x, 1] ([D+1] or
@@ -166,10 +182,10 @@ class ExactTables:
         """Bound on the float32 score error of codewords ``codes`` (default: any ordinary one,
         at the cap) for an input of norm ``x_norm``: bound (c^2 + ||x|| c) + ||x|| half_error."""
         if codes is None:
-            c, h = self.cap[level]
+            c, h = self.cap[level].T
         else:
-            c = self.norms[level][codes]
-            h = 0.0 if self.half_error is None else self.half_error[level][codes]
+            c = self.norms[level, codes]
+            h = 0.0 if self.half_error is None else self.half_error[level, codes]
         return self.bound * (c * c + x_norm * c) + h * x_norm
 
     def window(self, level: int, x_norm, best, codes=None):
@@ -177,6 +193,15 @@ class ExactTables:
         lie among ``codes`` (default: the ordinary ones): the two scores' error bounds added,
         doubled as a margin for rounding the limit to float32 and for a float32 ||x||."""
         return 2.0 * (self.error(level, x_norm, best) + self.error(level, x_norm, codes))
+
+
+def _copies(rows: torch.Tensor) -> torch.Tensor:
+    """[K, D] -> [K] bool: rows equal to a row of lower index (trained codebooks hold many:
+    dead codewords restarted from one vector; default v6 has 10,372 of 65,536)."""
+    _, first = np.unique(rows.numpy(), axis=0, return_index=True)
+    out = torch.ones(rows.shape[0], dtype=torch.bool)
+    out[torch.from_numpy(first)] = False
+    return out
 
 
 def ordinary_cap(norms: np.ndarray) -> float:
@@ -249,9 +274,10 @@ class ResidualVQ(nn.Module):
         return n
 
     @torch.no_grad()
-    def encode(self, emb: torch.Tensor, levels: int | None = None) -> torch.Tensor:
-        """emb [B, D, N] -> codes [B, L, N] (int64)."""
-        return self._search(emb, levels, dequantize=False)[0]
+    def encode(self, emb: torch.Tensor, levels: int | None = None, first_pass=None) -> torch.Tensor:
+        """emb [B, D, N] -> codes [B, L, N] (int64). ``first_pass``: a compiled first pass of
+        the exact CPU search for one frame (``step.compiled_search``), used when N B = 1."""
+        return self._search(emb, levels, dequantize=False, first_pass=first_pass)[0]
 
     def quantize(
         self, emb: torch.Tensor, levels: int | None = None
@@ -262,7 +288,7 @@ class ResidualVQ(nn.Module):
         return codes, total.reshape(b, t, d).transpose(1, 2).to(emb.dtype)
 
     def _search(
-        self, emb: torch.Tensor, levels: int | None, dequantize: bool
+        self, emb: torch.Tensor, levels: int | None, dequantize: bool, first_pass=None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Greedy residual search -> (codes [B, L, N], sum of the chosen codewords [B N, D]).
 
@@ -274,7 +300,7 @@ class ResidualVQ(nn.Module):
         twice = 2.0 * emb.detach().float().transpose(1, 2).reshape(b * t, d)
         tab = self.search_tables()
         if EXACT_CPU_SEARCH and tab.exact is not None and emb.device.type == "cpu":
-            codes_np, total_np = exact_search(twice.numpy(), tab.exact, n, dequantize)
+            codes_np, total_np = exact_search(twice.numpy(), tab.exact, n, dequantize, first_pass)
             codes_t = torch.from_numpy(codes_np).reshape(b, t, n).permute(0, 2, 1)
             return codes_t, None if total_np is None else torch.from_numpy(total_np)
         total = torch.zeros_like(twice) if dequantize else None
@@ -317,21 +343,22 @@ class ResidualVQ(nn.Module):
 
 
 def exact_search(
-    twice: np.ndarray, tab: ExactTables, levels: int, dequantize: bool
+    twice: np.ndarray, tab: ExactTables, levels: int, dequantize: bool, first_pass=None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Greedy residual search, exact per level (module docstring). twice [M, D] float32 =
     2 x the embeddings -> (codes [M, levels] int64, sum of the chosen codewords [M, D] or None).
 
     numpy rather than torch: a 40 ms step is 64 sequential [1, D+1] x [D+1, K] products that
     read 64 MB of codebooks (memory-bound); numpy's BLAS streamed them faster here, and its
-    per-call cost is lower (docs/benchmarks.md). One frame (a stream step) takes a path with
-    fewer calls per level; both give the same codes (the float64-nearest).
+    per-call cost is lower (docs/benchmarks.md). One frame (a stream step) takes
+    ``_search_frame``, with ``first_pass`` if given (a compiled first pass); all give the same
+    codes (the float64-nearest).
     """
     m, d = twice.shape
     aug = np.ones((m, d + 1), np.float32)  # [2 x residual, 1]: one product gives the ranking
     aug[:, :d] = twice
     if m == 1:
-        return _search_frame(aug[0], tab, levels, dequantize)
+        return _search_frame(aug[0], tab, levels, dequantize, first_pass)
     codes = np.empty((m, levels), np.int64)
     total = np.zeros((m, d), np.float32) if dequantize else None
     frames, x = np.arange(m), aug[:, :d]
@@ -359,34 +386,102 @@ def exact_search(
 
 
 def _search_frame(
-    aug: np.ndarray, tab: ExactTables, levels: int, dequantize: bool
+    aug: np.ndarray, tab: ExactTables, levels: int, dequantize: bool, first_pass=None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """exact_search for one frame, aug [D+1] = [2 x embedding, 1]: scalar bookkeeping in
-    Python floats, the residual updated in place (the same float32 operations)."""
+    """exact_search for one frame (a stream step), aug [D+1] = [2 x embedding, 1]. Each level
+    first takes its ranking's argmin, the residual updated in place (the float32 operations of
+    ``exact_search``), by ``_argmin_levels`` or ``first_pass`` (the same pass compiled:
+    ``step.CompiledSearch``). Then all levels are checked at once, as arrays, for another
+    codeword within the window of the best (``_unproven``). Those that fail are decided in
+    order as ``exact_search`` decides (``_decide``), and where that changes a code, the levels
+    after it are searched again. Same codes, a few numpy calls per level instead of a dozen."""
     d = aug.shape[0] - 1
     x = aug[:d]
+    if first_pass is not None:
+        best, approx, resid = first_pass(x)
+    else:
+        resid = np.empty((levels, d), np.float32)  # each level's input (2 x residual)
+        approx = np.empty((levels, tab.bias.shape[1]), np.float32)
+        best = np.empty(levels, np.int64)
+        _argmin_levels(tab, aug, 0, resid, approx, best)
+    pending = list(_unproven(tab, 0, resid, approx, best))
+    while pending:
+        level = pending.pop(0)
+        code = _decide(tab, level, approx[level], resid[level], int(best[level]))
+        if code != best[level] and level + 1 < levels:
+            best[level] = code
+            np.subtract(resid[level], 2.0 * tab.rows[level][code], out=x)
+            _argmin_levels(tab, aug, level + 1, resid, approx, best)
+            pending = list(_unproven(tab, level + 1, resid, approx, best))
+        best[level] = code
+    total = None
+    if dequantize:
+        total = np.zeros((1, d), np.float32)
+        for level, code in enumerate(best):
+            total += tab.rows[level][code]
+    return best[None], total
+
+
+def _argmin_levels(
+    tab: ExactTables,
+    aug: np.ndarray,
+    start: int,
+    resid: np.ndarray,
+    approx: np.ndarray,
+    best: np.ndarray,
+) -> None:
+    """Levels ``start``.. of one frame by argmin alone: fills their inputs ``resid``, scores
+    ``approx`` and codes ``best``; aug[:D] (the input of level ``start``) is updated in place."""
+    x = aug[: resid.shape[1]]
     xt = torch.from_numpy(x)[None]  # the same memory: sees the in-place updates
-    codes = np.empty((1, levels), np.int64)
-    total = np.zeros((1, d), np.float32) if dequantize else None
-    for level in range(levels):
-        approx = tab.rank(level, aug, xt)  # [K] float32, a fresh array
-        best = int(approx.argmin())
-        top = approx[best]
-        # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
-        x_norm = math.sqrt(float(x @ x))
-        limit = np.float32(float(top) + tab.window(level, x_norm, best))
-        approx[best] = np.inf  # the runner-up decides whether any other codeword is close
+    for level in range(start, best.shape[0]):
+        resid[level] = x
+        approx[level] = tab.rank(level, aug, xt)
+        code = best[level] = approx[level].argmin()
+        x -= 2.0 * tab.rows[level][code]  # exact doubling, one rounding: as exact_search
+
+
+def _unproven(
+    tab: ExactTables, start: int, resid: np.ndarray, approx: np.ndarray, best: np.ndarray
+) -> list[int]:
+    """The levels from ``start`` whose argmin ``best`` is not proven the float64-nearest:
+    another codeword's score lies within the window of the best (the test of ``_decide``, on
+    all levels at once), ascending."""
+    levels = np.arange(start, best.shape[0])
+    at = np.arange(levels.shape[0])
+    scores, codes = approx[start:], best[start:]
+    x_norm = np.sqrt(np.einsum("ld,ld->l", resid[start:], resid[start:], dtype=np.float64))
+    top = scores[at, codes].astype(np.float64)
+    limit = (top + tab.window(levels, x_norm, codes)).astype(np.float32)
+    scores[at, codes] = np.inf  # the runner-up decides whether any other codeword is close
+    try:
+        close = scores.min(1) <= limit
+        near = ~tab.outliers_far(levels, x_norm, codes, top) & ~close
+        for i in np.flatnonzero(near):
+            args = (int(levels[i]), scores[i], float(top[i]), float(x_norm[i]), int(codes[i]))
+            close[i] = _outliers_close(tab, *args).size > 0
+    finally:
+        scores[at, codes] = top
+    return levels[close].tolist()
+
+
+def _decide(tab: ExactTables, level: int, approx: np.ndarray, x: np.ndarray, best: int) -> int:
+    """One level's code: the argmin ``best`` of the float32 scores ``approx`` [K] (input x [D]
+    = 2 x residual), unless another codeword lies within the window of its score; then the
+    float64-nearest of those (``_rerank``). ``approx`` is left as it was."""
+    top = approx[best]
+    # float32 dot for ||x||: its relative error (< 1e-4) is inside the window's margin
+    x_norm = math.sqrt(float(x @ x))
+    limit = np.float32(float(top) + tab.window(level, x_norm, best))
+    approx[best] = np.inf  # the runner-up decides whether any other codeword is close
+    try:
         close = _outliers_close(tab, level, approx, float(top), x_norm, best)
-        if approx.min() <= limit or close.size:
-            approx[best] = top
-            # best is among them: top <= limit
-            best = _rerank(x, tab.rows[level], np.union1d(np.flatnonzero(approx <= limit), close))
-        codes[0, level] = best
-        chosen = tab.rows[level][best]
-        x -= 2.0 * chosen
-        if total is not None:
-            total += chosen
-    return codes, total
+        if approx.min() > limit and not close.size:
+            return best
+        approx[best] = top  # best is among them: top <= limit
+        return _rerank(x, tab.rows[level], np.union1d(np.flatnonzero(approx <= limit), close))
+    finally:
+        approx[best] = top
 
 
 def _outliers_close(

@@ -22,6 +22,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -225,3 +226,79 @@ def compiled_step(model: nn.Module, part: str, batch: int = 1) -> CompiledStep:
         make = encoder_step if part == "encoder" else decoder_step
         cache[key] = CompiledStep(make(model, batch))
     return cache[key]
+
+
+class CompiledSearch:
+    """The first pass of the exact CPU RVQ search of one frame (a 40 ms step), compiled by
+    inductor: for each of ``levels`` levels the float32 scores of every codeword (the ranking's
+    bias ||c_k||^2 minus x . c_k over the ranking's codewords, float16 where the CPU search
+    ranks in float16; x = 2 x residual), their argmin, and the residual update x - 2 c in
+    float32, as ``quantizer._argmin_levels`` does them, in one call instead of ``levels``
+    products and their bookkeeping. ``quantizer._search_frame`` then proves every argmin the
+    float64-nearest as before (the scores obey the same error bound: float32 sums in any
+    order), so the codes are the exact search's. If compiling fails, :attr:`compiled` is False
+    (with a warning) and the stream searches eagerly."""
+
+    def __init__(self, quantizer: nn.Module, levels: int) -> None:
+        tab = self.tables = quantizer.search_tables().exact
+        rows = quantizer.codebooks.detach().float()[:levels]
+        ranked = rows.half() if tab.half is not None else rows
+        bias = torch.from_numpy(tab.bias[:levels])
+        self._args = (ranked.contiguous(), rows.contiguous(), bias)
+        self.compiled = False
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        x = torch.zeros(rows.shape[2])
+        with torch.no_grad():
+            graph = make_fx(_greedy_levels)(x, *self._args)  # its own code: its own cache
+        try:
+            self._run = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
+            self(np.zeros(rows.shape[2], np.float32))  # compiles now
+            self.compiled = True
+        except Exception as e:  # noqa: BLE001 (any compiler failure: fall back, say why)
+            warnings.warn(f"torch.compile of the RVQ search failed, searching eagerly: {e}")
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x [D] float32 (2 x embedding) -> codes [levels], scores [levels, K] and each
+        level's input [levels, D] (numpy, writable)."""
+        with torch.inference_mode():
+            codes, scores, inputs = self._run(torch.from_numpy(x), *self._args)
+        return codes.numpy(), scores.numpy(), inputs.numpy()
+
+
+def _greedy_levels(
+    x: torch.Tensor, ranked: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    codes, scores, inputs = [], [], []
+    for level in range(ranked.shape[0]):
+        inputs.append(x)
+        s = bias[level] - (x[None, :] * ranked[level].float()).sum(1)
+        code = s.argmin().reshape(1)
+        codes.append(code)
+        scores.append(s)
+        x = x - 2.0 * torch.index_select(rows[level], 0, code)[0]
+    return torch.cat(codes), torch.stack(scores), torch.stack(inputs)
+
+
+# Compiled searches per quantizer, kept while it lives.
+_SEARCHES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, CompiledSearch]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_search(quantizer: nn.Module, levels: int) -> CompiledSearch | None:
+    """The compiled first pass for ``levels`` levels of ``quantizer``'s exact CPU search,
+    compiled on first use (tens of seconds for 64 levels) and reused until the codebooks
+    change; None where the exact CPU search is not in use or compiling failed."""
+    from . import quantizer as rvq
+
+    tab = quantizer.search_tables().exact  # rebuilt when the codebooks change
+    if not rvq.EXACT_CPU_SEARCH or tab is None:
+        return None
+    cache = _SEARCHES.setdefault(quantizer, {})
+    for stale in [k for k, v in cache.items() if v.tables is not tab]:
+        del cache[stale]
+    if levels not in cache:
+        cache[levels] = CompiledSearch(quantizer, levels)
+    search = cache[levels]
+    return search if search.compiled else None
