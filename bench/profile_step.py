@@ -23,7 +23,7 @@ from spectrostream.codec import int8_calibration_path, read_int8_calibration
 from spectrostream.config import SAMPLES_PER_CODE, official_config, small_config, tiny_config
 from spectrostream.int8 import quantize_int8
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
-from spectrostream.step import compiled_step
+from spectrostream.step import compiled_search, compiled_step
 from spectrostream.streaming import streaming
 from spectrostream.weights import MODELS_DIR
 
@@ -51,13 +51,15 @@ def category(name: str) -> str:
 def print_stages(model: SpectroStream, audio: torch.Tensor, steps: int, compiled: bool) -> None:
     """Wall time per stage of a 40 ms step (no profiler): STFT, encoder network, RVQ search,
     RVQ decode, decoder network, trim + iSTFT; medians over ``steps`` after 4 warm-up steps.
-    ``compiled``: the networks run as :class:`spectrostream.step.CompiledStep`."""
+    ``compiled``: the networks run as :class:`spectrostream.step.CompiledStep`, the RVQ search's
+    first pass as :class:`spectrostream.step.CompiledSearch`."""
     n, stages = SAMPLES_PER_CODE, defaultdict(list)
     names = ("STFT", "encoder network", "RVQ search", "RVQ decode", "decoder network", "iSTFT")
     parts = (model.stft, model.encoder, model.decoder, model.trim, model.istft)
-    encoder, decoder = model.encoder, model.decoder
+    encoder, decoder, first_pass = model.encoder, model.decoder, None
     if compiled:
         encoder, decoder = compiled_step(model, "encoder"), compiled_step(model, "decoder")
+        first_pass = compiled_search(model.quantizer, model.config.num_levels)
     with torch.inference_mode(), ExitStack() as stack:
         for m in parts:
             stack.enter_context(streaming(m))
@@ -68,7 +70,7 @@ def print_stages(model: SpectroStream, audio: torch.Tensor, steps: int, compiled
             t.append(time.perf_counter())
             emb = encoder(spec)
             t.append(time.perf_counter())
-            codes = model.quantizer.encode(emb)
+            codes = model.quantizer.encode(emb, first_pass=first_pass)
             t.append(time.perf_counter())
             deq = model.quantizer.decode(codes)
             t.append(time.perf_counter())

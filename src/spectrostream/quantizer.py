@@ -390,14 +390,14 @@ def _search_frame(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """exact_search for one frame (a stream step), aug [D+1] = [2 x embedding, 1]. Each level
     first takes its ranking's argmin, the residual updated in place (the float32 operations of
-    ``exact_search``), by ``_argmin_levels`` or ``first_pass`` (the same pass compiled:
-    ``step.CompiledSearch``). Then all levels are checked at once, as arrays, for another
+    ``exact_search``), by ``_argmin_levels`` or ``first_pass`` (the same pass compiled for
+    ``first_pass.levels`` levels: ``step.CompiledSearch``). Then all levels are checked at once, as arrays, for another
     codeword within the window of the best (``_unproven``). Those that fail are decided in
     order as ``exact_search`` decides (``_decide``), and where that changes a code, the levels
     after it are searched again. Same codes, a few numpy calls per level instead of a dozen."""
     d = aug.shape[0] - 1
     x = aug[:d]
-    if first_pass is not None:
+    if first_pass is not None and first_pass.levels == levels:
         best, approx, resid = first_pass(x)
     else:
         resid = np.empty((levels, d), np.float32)  # each level's input (2 x residual)

@@ -240,6 +240,7 @@ class CompiledSearch:
     (with a warning) and the stream searches eagerly."""
 
     def __init__(self, quantizer: nn.Module, levels: int) -> None:
+        self.levels = levels
         tab = self.tables = quantizer.search_tables().exact
         rows = quantizer.codebooks.detach().float()[:levels]
         ranked = rows.half() if tab.half is not None else rows
