@@ -18,6 +18,7 @@ compiled=True)`` and ``StreamingDecoder(..., compiled=True)`` use it for 40 ms s
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import quantizer as rvq
 from .config import FRAMES_PER_CODE, STFT_BINS
 from .layers import stock_convs
 from .streaming import FrameBuffer, StreamingModule, is_streaming, set_streaming, tensor_version
@@ -240,18 +242,27 @@ class CompiledSearch:
     (with a warning) and the stream searches eagerly."""
 
     def __init__(self, quantizer: nn.Module, levels: int) -> None:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
         self.levels = levels
         tab = self.tables = quantizer.search_tables().exact
         rows = quantizer.codebooks.detach().float()[:levels]
         ranked = rows.half() if tab.half is not None else rows
+        # copied codewords (``quantizer._copies``) are left out of the read: bias only
+        live = [torch.from_numpy(np.flatnonzero(b < rvq.COPY_BIAS)) for b in tab.bias[:levels]]
         bias = torch.from_numpy(tab.bias[:levels])
-        self._args = (ranked.contiguous(), rows.contiguous(), bias)
-        self.compiled = False
-        from torch.fx.experimental.proxy_tensor import make_fx
-
+        self._args = (
+            torch.cat([r[i] for r, i in zip(ranked, live, strict=True)]),
+            torch.cat([b[i] for b, i in zip(bias, live, strict=True)]),
+            torch.cat(live),
+            rows.contiguous(),
+        )
+        sizes = tuple(int(i.numel()) for i in live)
+        step = functools.partial(_greedy_levels, sizes=sizes, size=rows.shape[1])
         x = torch.zeros(rows.shape[2])
         with torch.no_grad():
-            graph = make_fx(_greedy_levels)(x, *self._args)  # its own code: its own cache
+            graph = make_fx(step)(x, *self._args)  # its own code: its own cache
+        self.compiled = False
         try:
             self._run = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
             self(np.zeros(rows.shape[2], np.float32))  # compiles now
@@ -268,16 +279,29 @@ class CompiledSearch:
 
 
 def _greedy_levels(
-    x: torch.Tensor, ranked: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor,
+    ranked: torch.Tensor,
+    bias: torch.Tensor,
+    index: torch.Tensor,
+    rows: torch.Tensor,
+    sizes: tuple[int, ...],
+    size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first pass (``CompiledSearch``): ``ranked`` [sum(sizes), D], ``bias`` and ``index``
+    [sum(sizes)] hold each level's ranked codewords, biases and codebook indices in turn (
+    ``sizes[l]`` of ``size`` per level), ``rows`` [L, size, D] the float32 codebooks."""
     codes, scores, inputs = [], [], []
-    for level in range(ranked.shape[0]):
+    start = 0
+    for level, n in enumerate(sizes):
         inputs.append(x)
-        s = bias[level] - (x[None, :] * ranked[level].float()).sum(1)
+        part = slice(start, start + n)
+        s = bias[part] - (x[None, :] * ranked[part].float()).sum(1)
+        s = torch.full((size,), rvq.COPY_BIAS).index_copy(0, index[part], s)
         code = s.argmin().reshape(1)
         codes.append(code)
         scores.append(s)
         x = x - 2.0 * torch.index_select(rows[level], 0, code)[0]
+        start += n
     return torch.cat(codes), torch.stack(scores), torch.stack(inputs)
 
 
@@ -291,8 +315,6 @@ def compiled_search(quantizer: nn.Module, levels: int) -> CompiledSearch | None:
     """The compiled first pass for ``levels`` levels of ``quantizer``'s exact CPU search,
     compiled on first use (tens of seconds for 64 levels) and reused until the codebooks
     change; None where the exact CPU search is not in use or compiling failed."""
-    from . import quantizer as rvq
-
     tab = quantizer.search_tables().exact  # rebuilt when the codebooks change
     if not rvq.EXACT_CPU_SEARCH or tab is None:
         return None
