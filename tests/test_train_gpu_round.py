@@ -3,8 +3,8 @@
 import hashlib
 import json
 import os
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
