@@ -49,6 +49,7 @@ ae_steps = 3
 ae_noise = 0.05
 kmeans_frames = 200
 kmeans_iters = 3
+restart_distinct = true  # as configs/gpu_round.toml
 
 [run]
 device = "cpu"

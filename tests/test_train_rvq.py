@@ -128,12 +128,60 @@ def test_dead_codes_are_restarted_from_batch_residuals():
     torch.testing.assert_close(t.embed_sum[0, 1:], restarted * uniform)
 
 
+def test_distinct_restarts_leave_no_exact_copies():
+    """Seven dead codes, a batch of four vectors: drawn at random (the old rule) some dead codes
+    take the same vector and become exact copies, which can never be chosen (a tie goes to the
+    lower index); with ``restart_distinct`` the first four take the four vectors, one each, and
+    the other three the same vectors with jitter, so no two codewords are equal."""
+    copies = {}
+    for distinct in (False, True):
+        torch.manual_seed(0)
+        t = _trainer(
+            q=1,
+            k=8,
+            d=2,
+            dead_code_fraction=0.5,
+            kmeans_init=False,
+            dropout="none",
+            restart_distinct=distinct,
+        )
+        cb = torch.full((1, 8, 2), 100.0)
+        cb[0, 0] = 0.0
+        t.cluster_size.fill_(0.01)
+        t.cluster_size[0, 0] = 100.0  # code 0 stays alive
+        t.embed_sum.copy_(cb * t.cluster_size[..., None])
+        t.initialized.fill_(True)
+        emb = torch.randn(1, 2, 4)
+        t(emb, cb)
+        copies[distinct] = 8 - torch.unique(cb[0], dim=0).shape[0]
+        if distinct:
+            x = emb[0].T
+            first = cb[0, 1:5]
+            assert torch.equal(first[first[:, 0].argsort()], x[x[:, 0].argsort()])
+            d = (cb[0, 5:, None] - x[None]).norm(dim=-1).min(dim=1).values
+            assert torch.all((d > 0) & (d < 0.1 * x.norm(dim=1).max()))
+    assert copies[False] > 0 and copies[True] == 0
+
+
 def test_sparse_and_dense_restarts_agree():
     """The CPU's by-index restart and the GPU's by-mask one leave the same state."""
+    for distinct in (False, True):
+        _sparse_equals_dense(distinct)
+
+
+def _sparse_equals_dense(distinct: bool) -> None:
     states = []
     for dense in (False, True):
         torch.manual_seed(0)
-        t = _trainer(q=3, k=32, d=4, dead_code_fraction=0.8, dropout="uniform", ema_decay=0.5)
+        t = _trainer(
+            q=3,
+            k=32,
+            d=4,
+            dead_code_fraction=0.8,
+            dropout="uniform",
+            ema_decay=0.5,
+            restart_distinct=distinct,
+        )
         if dense:
             t._restart_sparse = t._restart_dense
         cb = torch.zeros(3, 32, 4)

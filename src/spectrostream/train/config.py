@@ -177,6 +177,10 @@ class QuantizerTrainConfig:
         uniform usage (vectors per step / codebook size); it is then replaced by a residual.
     bypass_rate: probability per example that the decoder gets the unquantized embedding.
     dropout: "biased" (paper schedule), "uniform" (1..Q) or "none" (always all levels).
+    restart_distinct: dead codes restarted in one step take distinct batch vectors (jittered
+        beyond the batch's size); False: each draws one at random, so with more dead codes
+        than batch vectors many become exact copies, which never win a tie (default v6 holds
+        10,372 copies in 65,536 codewords).
 
     Stages (by step): steps < ae_steps are an autoencoder warm-up (quantizer bypassed, the
     decoder gets the embedding plus Gaussian noise of ae_noise times its standard deviation).
@@ -195,6 +199,7 @@ class QuantizerTrainConfig:
     ae_steps: int = 0
     ae_noise: float = 0.0
     kmeans_frames: int = 0
+    restart_distinct: bool = False
 
 
 @dataclass(frozen=True)

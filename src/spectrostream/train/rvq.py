@@ -213,7 +213,9 @@ class QuantizerTrainer(nn.Module):
         m, d = x.shape
         device = x.device
         rows_levels = levels.repeat_interleave(frames)[:, None]  # [M, 1]
-        cand_idx = torch.randint(0, m, (self.num_levels, self.k), device=device)
+        cand_idx = None
+        if not self.cfg.restart_distinct:
+            cand_idx = torch.randint(0, m, (self.num_levels, self.k), device=device)
         residuals = torch.empty(self.num_levels, m, d, device=device)  # what reaches each level
         codes = torch.empty(self.num_levels, m, dtype=torch.long, device=device)
         total = torch.zeros_like(x)
@@ -239,11 +241,12 @@ class QuantizerTrainer(nn.Module):
         codes: torch.Tensor,
         residuals: torch.Tensor,
         counts: torch.Tensor,
-        cand_idx: torch.Tensor,
+        cand_idx: torch.Tensor | None,
     ) -> None:
         """EMA of usage and per-code residual sums (codes [Q, M], residuals [Q, M, D], counts
         [Q, K] of the global batch), new codebooks = sums / smoothed usage, then dead codes
-        restarted from batch residuals (level q's code k from residuals[q, cand_idx[q, k]])."""
+        restarted from batch residuals (level q's code k from residuals[q, cand_idx[q, k]];
+        None: ``restart_distinct``, see ``_distinct_candidates``)."""
         decay = self.cfg.ema_decay
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self._add_code_sums(codes, residuals, decay)
@@ -256,8 +259,11 @@ class QuantizerTrainer(nn.Module):
             codebooks.copy_(self.embed_sum / smoothed[..., None])
         uniform = self._uniform_usage(codes.shape[1])
         dead = self.cluster_size < self.cfg.dead_code_fraction * uniform  # [Q, K]
+        jitter = None
+        if cand_idx is None:
+            cand_idx, jitter = _distinct_candidates(dead, residuals)
         restart = self._restart_sparse if codebooks.device.type == "cpu" else self._restart_dense
-        restart(codebooks, dead, residuals, cand_idx, uniform)
+        restart(codebooks, dead, residuals, cand_idx, uniform, jitter)
 
     def _add_code_sums(self, codes: torch.Tensor, residuals: torch.Tensor, decay: float) -> None:
         """embed_sum = decay * embed_sum + (1 - decay) * each code's sum of the residuals that
@@ -274,26 +280,48 @@ class QuantizerTrainer(nn.Module):
         dist.all_reduce(sums)
         self.embed_sum.add_(sums, alpha=weight)
 
-    def _restart_sparse(self, codebooks, dead, residuals, cand_idx, uniform: float) -> None:
+    def _restart_sparse(self, codebooks, dead, residuals, cand_idx, uniform, jitter) -> None:
         """Dead codes restarted by index: one host sync, no pass over the [Q, K, D] tables
         (on the CPU those passes cost 4x the rest of the update)."""
         q, k = dead.nonzero(as_tuple=True)
         cand = residuals[q, cand_idx[q, k]]  # [dead, D]
+        if jitter is not None:
+            cand = cand + jitter[q, k]
         if _dist_on():  # every rank has the same dead codes (their usage is global)
             dist.broadcast(cand, 0)
         codebooks[q, k] = cand.to(codebooks.dtype)
         self.embed_sum[q, k] = cand * uniform
         self.cluster_size[q, k] = uniform
 
-    def _restart_dense(self, codebooks, dead, residuals, cand_idx, uniform: float) -> None:
+    def _restart_dense(self, codebooks, dead, residuals, cand_idx, uniform, jitter) -> None:
         """The same by masks over the whole tables: no host sync (a GPU keeps queueing)."""
         cand = residuals[torch.arange(self.num_levels, device=dead.device)[:, None], cand_idx]
+        if jitter is not None:
+            cand = cand + jitter
         if _dist_on():
             dist.broadcast(cand, 0)
         mask = dead[..., None]
         codebooks.copy_(torch.where(mask, cand.to(codebooks.dtype), codebooks))
         self.embed_sum.copy_(torch.where(mask, cand * uniform, self.embed_sum))
         self.cluster_size.masked_fill_(dead, uniform)
+
+
+def _distinct_candidates(
+    dead: torch.Tensor, residuals: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Restart vectors for ``restart_distinct``: dead [Q, K], residuals [Q, M, D] -> (cand_idx
+    [Q, K], jitter [Q, K, D]). The j-th dead code of a level takes the j-th vector of a random
+    order of the batch's M, so no two codes restarted in one step get the same vector while M
+    suffices; beyond M the order repeats with Gaussian jitter of 1% of the level's residual RMS,
+    so that the repeats are not exact copies (an exact copy of a lower-index codeword can never
+    be chosen: ties go to the lower index, so it only dies again)."""
+    q, m = residuals.shape[:2]
+    order = torch.rand(q, m, device=dead.device).argsort(dim=1)
+    rank = (dead.cumsum(1) - 1).clamp(min=0)  # [Q, K]: which dead code of its level
+    cand_idx = order.gather(1, rank % m)
+    rms = residuals.square().mean(dim=(1, 2)).sqrt()  # [Q]
+    scale = 0.01 * rms[:, None, None] * (rank >= m)[..., None]
+    return cand_idx, torch.randn(*dead.shape, residuals.shape[2], device=dead.device) * scale
 
 
 def codebook_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
