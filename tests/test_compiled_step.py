@@ -150,3 +150,15 @@ def test_compiled_int8_stream_matches_eager_int8(model):
     assert torch.equal(codes, ref_codes)
     # A float rounding difference before an input quantization can move a value by one step.
     assert (out - ref_out).abs().max() < 1e-4
+
+
+def test_compiled_stream_at_fewer_levels(model):
+    """A stream at fewer levels than the model has compiles its search for those levels: the
+    codes of the offline search at that many levels."""
+    audio = _audio(6)
+    enc = StreamingEncoder(model, levels=3, compiled=True)
+    with torch.inference_mode():
+        codes = torch.cat([enc.push(audio[..., i * N : (i + 1) * N]) for i in range(6)], -1)
+    enc.close()
+    assert codes.shape[1] == 3
+    assert torch.equal(codes, model.encode(audio, levels=3)[..., : codes.shape[-1]])
