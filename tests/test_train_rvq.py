@@ -107,18 +107,25 @@ def test_ema_update_matches_manual_formula():
     torch.testing.assert_close(cb[0], es / smoothed[:, None])
 
 
-def test_dead_codes_are_restarted_from_batch_residuals():
+def _one_live_code(batch: tuple[int, int, int], **kw) -> tuple:
+    """One level of 8 codes of which only code 0 is alive (and the only one the data picks),
+    after one step on a random batch [B, 2, N] -> (trainer, codebooks [1, 8, 2]) and the batch
+    as x [B N, 2]."""
     torch.manual_seed(0)
-    t = _trainer(q=1, k=8, d=2, dead_code_fraction=0.5, kmeans_init=False, dropout="none")
-    far = 100.0
-    cb = torch.full((1, 8, 2), far)
-    cb[0, 0] = 0.0  # the only code the data will ever pick
+    t = _trainer(q=1, k=8, d=2, dead_code_fraction=0.5, kmeans_init=False, dropout="none", **kw)
+    cb = torch.full((1, 8, 2), 100.0)
+    cb[0, 0] = 0.0
     t.cluster_size.fill_(0.01)  # every code but the used one is dead after this step
-    t.embed_sum.copy_(cb * 0.01)
+    t.cluster_size[0, 0] = 100.0
+    t.embed_sum.copy_(cb * t.cluster_size[..., None])
     t.initialized.fill_(True)
-    emb = torch.randn(2, 2, 16)
+    emb = torch.randn(*batch)
     t(emb, cb)
-    x = emb.transpose(1, 2).reshape(-1, 2)
+    return t, cb, emb.transpose(1, 2).reshape(-1, 2)
+
+
+def test_dead_codes_are_restarted_from_batch_residuals():
+    t, cb, x = _one_live_code((2, 2, 16))
     restarted = cb[0, 1:]
     # Restarted codes are residuals (= inputs at level 0) drawn from the batch.
     d = (restarted[:, None] - x[None]).norm(dim=-1).min(dim=1).values
@@ -135,27 +142,9 @@ def test_distinct_restarts_leave_no_exact_copies():
     the other three the same vectors with jitter, so no two codewords are equal."""
     copies = {}
     for distinct in (False, True):
-        torch.manual_seed(0)
-        t = _trainer(
-            q=1,
-            k=8,
-            d=2,
-            dead_code_fraction=0.5,
-            kmeans_init=False,
-            dropout="none",
-            restart_distinct=distinct,
-        )
-        cb = torch.full((1, 8, 2), 100.0)
-        cb[0, 0] = 0.0
-        t.cluster_size.fill_(0.01)
-        t.cluster_size[0, 0] = 100.0  # code 0 stays alive
-        t.embed_sum.copy_(cb * t.cluster_size[..., None])
-        t.initialized.fill_(True)
-        emb = torch.randn(1, 2, 4)
-        t(emb, cb)
+        _, cb, x = _one_live_code((1, 2, 4), restart_distinct=distinct)
         copies[distinct] = 8 - torch.unique(cb[0], dim=0).shape[0]
         if distinct:
-            x = emb[0].T
             first = cb[0, 1:5]
             assert torch.equal(first[first[:, 0].argsort()], x[x[:, 0].argsort()])
             d = (cb[0, 5:, None] - x[None]).norm(dim=-1).min(dim=1).values
