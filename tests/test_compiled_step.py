@@ -11,7 +11,7 @@ from spectrostream import int8
 from spectrostream.config import SAMPLES_PER_CODE, tiny_config
 from spectrostream.errors import ModelError, UsageError
 from spectrostream.model import SpectroStream, StreamingDecoder, StreamingEncoder
-from spectrostream.step import compiled_step
+from spectrostream.step import compiled_search, compiled_step
 
 N = SAMPLES_PER_CODE
 pytestmark = pytest.mark.slow  # compiling the two tiny step graphs takes ~1 min (cold cache)
@@ -162,3 +162,14 @@ def test_compiled_stream_at_fewer_levels(model):
     enc.close()
     assert codes.shape[1] == 3
     assert torch.equal(codes, model.encode(audio, levels=3)[..., : codes.shape[-1]])
+
+
+def test_failed_search_compile_warns_and_searches_eagerly(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(2)
+    m = SpectroStream(tiny_config(num_levels=4, codebook_size=16)).eval()
+    with pytest.warns(UserWarning, match="RVQ search failed.*no compiler here"):
+        assert compiled_search(m.quantizer, 4) is None

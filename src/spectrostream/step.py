@@ -259,11 +259,10 @@ class CompiledSearch:
         )
         sizes = tuple(int(i.numel()) for i in live)
         step = functools.partial(_greedy_levels, sizes=sizes, size=rows.shape[1])
-        x = torch.zeros(rows.shape[2])
-        with torch.no_grad():
-            graph = make_fx(step)(x, *self._args)  # its own code: its own cache
         self.compiled = False
         try:
+            with torch.no_grad():  # traced: its own code, so its own compile cache
+                graph = make_fx(step)(torch.zeros(rows.shape[2]), *self._args)
             self._run = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
             self(np.zeros(rows.shape[2], np.float32))  # compiles now
             self.compiled = True
