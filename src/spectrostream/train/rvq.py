@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -286,7 +287,7 @@ class QuantizerTrainer(nn.Module):
         q, k = dead.nonzero(as_tuple=True)
         cand = residuals[q, cand_idx[q, k]]  # [dead, D]
         if jitter is not None:
-            cand = cand + jitter[q, k]
+            cand = cand + jitter.at(q, k)
         if _dist_on():  # every rank has the same dead codes (their usage is global)
             dist.broadcast(cand, 0)
         codebooks[q, k] = cand.to(codebooks.dtype)
@@ -295,9 +296,10 @@ class QuantizerTrainer(nn.Module):
 
     def _restart_dense(self, codebooks, dead, residuals, cand_idx, uniform, jitter) -> None:
         """The same by masks over the whole tables: no host sync (a GPU keeps queueing)."""
-        cand = residuals[torch.arange(self.num_levels, device=dead.device)[:, None], cand_idx]
+        levels = torch.arange(self.num_levels, device=dead.device)[:, None]
+        cand = residuals[levels, cand_idx]
         if jitter is not None:
-            cand = cand + jitter
+            cand = cand + jitter.at(levels, torch.arange(self.k, device=dead.device)[None])
         if _dist_on():
             dist.broadcast(cand, 0)
         mask = dead[..., None]
@@ -306,22 +308,39 @@ class QuantizerTrainer(nn.Module):
         self.cluster_size.masked_fill_(dead, uniform)
 
 
+class _Jitter(NamedTuple):
+    """Restart jitter for ``restart_distinct``: ``noise`` [Q, n, D] Gaussian draws, one per level
+    and batch vector (n = min(M, K): only a level with more dead codes than batch vectors
+    repeats one), ``slot`` [Q, K] which draw a code takes, ``scale`` [Q, K] its size."""
+
+    noise: torch.Tensor
+    slot: torch.Tensor
+    scale: torch.Tensor
+
+    def at(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The jitter of codes (q, k), index tensors that broadcast: [..., D]."""
+        return self.noise[q, self.slot[q, k]] * self.scale[q, k, None]
+
+
 def _distinct_candidates(
     dead: torch.Tensor, residuals: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, _Jitter]:
     """Restart vectors for ``restart_distinct``: dead [Q, K], residuals [Q, M, D] -> (cand_idx
-    [Q, K], jitter [Q, K, D]). The j-th dead code of a level takes the j-th vector of a random
-    order of the batch's M, so no two codes restarted in one step get the same vector while M
-    suffices; beyond M the order repeats with Gaussian jitter of 1% of the level's residual RMS,
-    so that the repeats are not exact copies (an exact copy of a lower-index codeword can never
-    be chosen: ties go to the lower index, so it only dies again)."""
+    [Q, K], jitter). The j-th dead code of a level takes the j-th vector of a random order of
+    the batch's M, so no two codes restarted in one step get the same vector while M suffices;
+    beyond M the order repeats, and the r-th repeat of a vector adds r times one Gaussian draw
+    of 1% of the level's residual RMS, so that the repeats are not exact copies (an exact copy
+    of a lower-index codeword can never be chosen: ties go to the lower index, so it only dies
+    again). The draws are [Q, min(M, K), D], not one per code: on the CPU (M = 64, K = 1,024)
+    a [Q, K, D] draw cost ~120 ms per step."""
     q, m = residuals.shape[:2]
     order = torch.rand(q, m, device=dead.device).argsort(dim=1)
     rank = (dead.cumsum(1) - 1).clamp(min=0)  # [Q, K]: which dead code of its level
-    cand_idx = order.gather(1, rank % m)
+    slot = rank % m
+    cand_idx = order.gather(1, slot)
     rms = residuals.square().mean(dim=(1, 2)).sqrt()  # [Q]
-    scale = 0.01 * rms[:, None, None] * (rank >= m)[..., None]
-    return cand_idx, torch.randn(*dead.shape, residuals.shape[2], device=dead.device) * scale
+    noise = torch.randn(q, min(m, dead.shape[1]), residuals.shape[2], device=dead.device)
+    return cand_idx, _Jitter(noise, slot, 0.01 * rms[:, None] * (rank // m))
 
 
 def codebook_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
