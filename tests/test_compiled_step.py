@@ -39,11 +39,17 @@ def test_compiled_needs_a_float32_cpu_model():
         StreamingDecoder(m, compiled=True)
 
 
-def test_failed_compile_warns_and_streams_with_the_layers(monkeypatch):
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """torch.compile fails, as where no C++ compiler is installed."""
+
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(torch, "compile", broken)
+
+
+def test_failed_compile_warns_and_streams_with_the_layers(no_compiler):
     torch.manual_seed(1)
     m = SpectroStream(tiny_config(num_levels=4, codebook_size=16)).eval()
     with pytest.warns(UserWarning, match="no compiler here"):
@@ -164,11 +170,7 @@ def test_compiled_stream_at_fewer_levels(model):
     assert torch.equal(codes, model.encode(audio, levels=3)[..., : codes.shape[-1]])
 
 
-def test_failed_search_compile_warns_and_searches_eagerly(monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(torch, "compile", broken)
+def test_failed_search_compile_warns_and_searches_eagerly(no_compiler):
     torch.manual_seed(2)
     m = SpectroStream(tiny_config(num_levels=4, codebook_size=16)).eval()
     with pytest.warns(UserWarning, match="RVQ search failed.*no compiler here"):

@@ -391,10 +391,11 @@ def _search_frame(
     """exact_search for one frame (a stream step), aug [D+1] = [2 x embedding, 1]. Each level
     first takes its ranking's argmin, the residual updated in place (the float32 operations of
     ``exact_search``), by ``_argmin_levels`` or ``first_pass`` (the same pass compiled for
-    ``first_pass.levels`` levels: ``step.CompiledSearch``). Then all levels are checked at once, as arrays, for another
-    codeword within the window of the best (``_unproven``). Those that fail are decided in
-    order as ``exact_search`` decides (``_decide``), and where that changes a code, the levels
-    after it are searched again. Same codes, a few numpy calls per level instead of a dozen."""
+    ``first_pass.levels`` levels: ``step.CompiledSearch``). Then all levels are checked at
+    once, as arrays, for another codeword within the window of the best (``_unproven``). Those
+    that fail are decided in order as ``exact_search`` decides (``_decide``), and where that
+    changes a code, the levels after it are searched again. Same codes, a few numpy calls per
+    level instead of a dozen."""
     d = aug.shape[0] - 1
     x = aug[:d]
     if first_pass is not None and first_pass.levels == levels:
@@ -404,7 +405,7 @@ def _search_frame(
         approx = np.empty((levels, tab.bias.shape[1]), np.float32)
         best = np.empty(levels, np.int64)
         _argmin_levels(tab, aug, 0, resid, approx, best)
-    pending = list(_unproven(tab, 0, resid, approx, best))
+    pending = _unproven(tab, 0, resid, approx, best)
     while pending:
         level = pending.pop(0)
         code = _decide(tab, level, approx[level], resid[level], int(best[level]))
@@ -412,7 +413,7 @@ def _search_frame(
             best[level] = code
             np.subtract(resid[level], 2.0 * tab.rows[level][code], out=x)
             _argmin_levels(tab, aug, level + 1, resid, approx, best)
-            pending = list(_unproven(tab, level + 1, resid, approx, best))
+            pending = _unproven(tab, level + 1, resid, approx, best)
         best[level] = code
     total = None
     if dequantize:
