@@ -37,10 +37,11 @@ calibrate_init = true
 
 [loss]  # configs/gpu_round.toml's losses
 balance = true
-bandcos = 0.15
-mel = 0.5
-envelope = 0.25
-stationary = 0.1
+bandcos = 0.20
+mel = 0.30
+envelope = 0.45
+envelope_per_octave = [6, 24]
+stationary = 0.05
 adv_gen = 0.0
 adv_feat = 0.0
 
