@@ -34,7 +34,8 @@ def validate(
     """Scores that expose the known failure modes, and audio examples for the first items.
 
     - mel distance and SI-SDR unquantized ("bypass") and at 4/8/16 kbps once the codebooks are
-      fitted (identical scores at every rate mean the codes are ignored);
+      fitted (identical scores at every rate: codes ignored, or the autoencoder's ceiling
+      reached below 4 kbps; scripts/rate_curve.py tells them apart);
     - harmonic correlation, band-envelope distance (dB; what ViSQOL hears first), and the
       fixed-comb share of each output beside the reference's
       (above it: the decoder adds a frame-periodic pattern, a comb of tones);
@@ -47,27 +48,16 @@ def validate(
       restart threshold) per level.
     """
     model = nets.model
-    model.eval()
     quantized = bool(nets.rvq.initialized)
     top = model.config.max_kbps  # a small model's top rate stands in for higher ones
     levels = {k: model.config.levels_for_kbps(min(k, top)) for k in VALID_KBPS} if quantized else {}
     sums: dict[str, float] = {}
-    count = 0
     examples: dict[str, Any] = {}
-    latents, used = [], []
-    gen = torch.Generator(device=device).manual_seed(1234)
+    model.eval()
     try:
-        for x in loader:
-            x = x.to(device, non_blocking=True)
-            with autocast(cfg, device):
-                emb = model.encode_embeddings(x).float()
-            latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]).cpu())
-            if quantized:
-                codes = model.quantizer.encode(emb)  # [B, Q, N]
-                used.append(codes.transpose(0, 1).reshape(codes.shape[1], -1))
-            decoded = _decode_variants(cfg, model, emb, levels, gen, device, sums)
-            _score_batch(cfg, x, decoded, mel, count, sums, examples)
-            count += x.shape[0]
+        count, latents, used = _score_loader(
+            cfg, model, loader, levels, mel, device, sums, examples
+        )
     finally:
         model.train()
     out = {k: v / max(1, count) for k, v in sums.items()}
@@ -76,6 +66,25 @@ def validate(
     if used:
         out.update(code_stats(torch.cat(used, 1), nets.rvq, cfg))
     return out, examples
+
+
+def _score_loader(cfg, model, loader, levels, mel, device, sums, examples):
+    """Score every validation batch into ``sums``/``examples``; returns (items, latent frames,
+    codes per batch)."""
+    count, latents, used = 0, [], []
+    gen = torch.Generator(device=device).manual_seed(1234)
+    for x in loader:
+        x = x.to(device, non_blocking=True)
+        with autocast(cfg, device):
+            emb = model.encode_embeddings(x).float()
+        latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]).cpu())
+        if levels:
+            codes = model.quantizer.encode(emb)  # [B, Q, N]
+            used.append(codes.transpose(0, 1).reshape(codes.shape[1], -1))
+        decoded = _decode_variants(cfg, model, emb, levels, gen, device, sums)
+        _score_batch(cfg, x, decoded, mel, count, sums, examples)
+        count += x.shape[0]
+    return count, latents, used
 
 
 def _decode_variants(
