@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from speed import cpu_info  # bench/speed.py, beside this file
+
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parent / "src" / "spectrostream" / "models" / "default.safetensors"
 
@@ -51,6 +53,7 @@ def main() -> int:
             runs[name].append(one_run(model, args.steps))
             print(f"round {r + 1} {name}: {runs[name][-1]:.2f}x", flush=True)
     base, cand = (statistics.median(runs[k]) for k in ("base", "candidate"))
+    print(f"on {cpu_info()['cpu']} (the host matters: docs/benchmarks.md, round 5)")
     ok = cand >= (1.0 - args.max_slowdown) * base
     print(f"median: base {base:.2f}x, candidate {cand:.2f}x -> {'pass' if ok else 'FAIL'}")
     return 0 if ok else 1

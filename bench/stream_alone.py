@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from speed import cpu_info  # bench/speed.py, beside this file
 
 from spectrostream import load
 from spectrostream.codec import int8_calibration_path, read_int8_calibration
@@ -59,7 +60,7 @@ def main() -> int:
     kind = "fp32" if args.fp32 else "int8"
     print(
         f"{kind}, compiled, 1 thread: step p50 {1e3 * p50:.2f} ms, mean {1e3 * mean:.2f} ms, "
-        f"stream RTF {0.04 / mean:.2f}x"
+        f"stream RTF {0.04 / mean:.2f}x on {cpu_info()['cpu']}"
     )
     return 0
 
