@@ -24,6 +24,8 @@ from spectrostream import audio_io, load
 from spectrostream.config import SAMPLE_RATE
 from spectrostream.metrics import si_sdr
 
+UNQUANTIZED = "unquantized"  # the row decoded from the embedding itself
+
 
 def level_counts(num_levels: int) -> list[int]:
     """1, 2, 4, ... and ``num_levels`` itself."""
@@ -39,12 +41,12 @@ def clip_curve(model, audio: torch.Tensor, counts: list[int]) -> tuple[dict, dic
     emb = model.encode_embeddings(audio)
     codes = model.quantizer.encode(emb)
     sdr, snr = {}, {}
-    for key in [*counts, "unquantized"]:
-        q = emb if key == "unquantized" else model.quantizer.decode(codes[:, :key])
+    for key in [*counts, UNQUANTIZED]:
+        q = emb if key == UNQUANTIZED else model.quantizer.decode(codes[:, :key])
         out = model.decode_embeddings(q)
         n = min(out.shape[-1], audio.shape[-1])
         sdr[key] = float(si_sdr(audio[0, :, :n], out[0, :, :n]).mean())
-        if key != "unquantized":
+        if key != UNQUANTIZED:
             snr[key] = float(10 * torch.log10(emb.square().sum() / (emb - q).square().sum()))
     return sdr, snr
 
@@ -76,7 +78,7 @@ def main() -> int:
         for n in counts:
             snrs[n].append(snr[n])
         print(f"| {path.stem} | " + " | ".join(f"{v:.1f}" for v in sdr.values()) + " |")
-    mean_sdr = {k: sum(r[k] for r in rows.values()) / len(rows) for k in next(iter(rows.values()))}
+    mean_sdr = {k: sum(r[k] for r in rows.values()) / len(rows) for k in [*counts, UNQUANTIZED]}
     mean_snr = {n: sum(v) / len(v) for n, v in snrs.items()}
     print("| mean SI-SDR | " + " | ".join(f"{v:.1f}" for v in mean_sdr.values()) + " |")
     print("| latent SNR | " + " | ".join(f"{v:.1f}" for v in mean_snr.values()) + " | |")

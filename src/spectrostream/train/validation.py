@@ -68,9 +68,18 @@ def validate(
     return out, examples
 
 
-def _score_loader(cfg, model, loader, levels, mel, device, sums, examples):
-    """Score every validation batch into ``sums``/``examples``; returns (items, latent frames,
-    codes per batch)."""
+def _score_loader(
+    cfg: TrainConfig,
+    model: SpectroStream,
+    loader: DataLoader,
+    levels: dict[int, int],
+    mel: MultiScaleMelLoss,
+    device: torch.device,
+    sums: dict[str, float],
+    examples: dict[str, Any],
+) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
+    """Score every validation batch into ``sums``/``examples`` (codes only where ``levels``,
+    i.e. once the codebooks are fitted); returns (items, latent frames, codes per batch)."""
     count, latents, used = 0, [], []
     gen = torch.Generator(device=device).manual_seed(1234)
     for x in loader:
